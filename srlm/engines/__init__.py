@@ -1,0 +1,1 @@
+"""Model engines: generation, scoring (log-probabilities) and LoRA training behind one small interface."""
