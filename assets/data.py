@@ -1,0 +1,149 @@
+"""Data assets: D0 (data/instructions) and the reasoning catalyst (data/catalyst), each with a table of
+the rows it rejected and why. Rows read = rows kept + rows rejected, in each asset's metadata."""
+
+
+import dataclasses
+import json
+from typing import Sequence
+
+import dagster as dg
+import polars as pl
+
+from assets import schemas
+from assets.tables import code_version, frame, table_output
+from resources import GenerationResource
+from srlm import catalyst as cat
+from srlm import prompts
+from srlm.config import ExperimentConfig
+from srlm.datasets import Example, Rejected, load_instructions, reject_too_long
+from srlm.engines.types import SamplingParams
+
+INSTRUCTIONS = dg.AssetKey(["data", "instructions"])
+INSTRUCTIONS_REJECTED = dg.AssetKey(["data", "instructions_rejected"])
+CATALYST = dg.AssetKey(["data", "catalyst"])
+CATALYST_REJECTED = dg.AssetKey(["data", "catalyst_rejected"])
+BASE_MODEL = dg.AssetKey(["model", "base"])
+
+def answer_text(engine, instruction: str, input_text: str, rationale: str, output: str) -> str:
+    """The whole answering example as the model sees it (for token counts)."""
+    return engine.render_chat(prompts.answer_messages(instruction, input_text)) + prompts.answer_completion(rationale, output)
+
+
+def enrich_text(engine, record: cat.CatalystRecord) -> str:
+    messages = prompts.enrich_messages(record.instruction, record.input, record.short_rationale, record.output)
+    return engine.render_chat(messages) + record.rationale
+
+
+def rejected_frame(rejected: Sequence[Rejected]) -> pl.DataFrame:
+    return frame((dataclasses.asdict(r) for r in rejected), schemas.REJECTED)
+
+
+def count_metadata(counts: dict[str, int]) -> dict[str, int]:
+    return {k.replace(": ", "/").replace(" ", "_"): v for k, v in counts.items()}
+
+
+def build_data_assets(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
+    @dg.multi_asset(
+        outs={
+            "instructions": dg.AssetOut(
+                key=INSTRUCTIONS,
+                description="D0: the instruction data (instruction, input, response, rationale) every iteration starts from.",
+                kinds={"polars", "parquet"},
+            ),
+            "instructions_rejected": dg.AssetOut(
+                key=INSTRUCTIONS_REJECTED,
+                description="Rows of the instruction sources that were not kept, each with its reason and the raw row.",
+                kinds={"polars", "parquet"},
+            ),
+        },
+        ins={"base": dg.AssetIn(BASE_MODEL)},
+        group_name="data",
+        code_version=code_version(config.section_hash("instructions"), prompts.TEMPLATE_VERSION),
+    )
+    def instructions(context: dg.AssetExecutionContext, generation: GenerationResource, base: pl.DataFrame):
+        loaded = load_instructions(config.instructions.sources, config.instructions.seed)
+        engine = generation.engine(base["path"][0])
+        examples = loaded.examples
+        lengths = engine.count_tokens([answer_text(engine, e.instruction, e.input, e.rationale, e.output) for e in examples])
+        n_tokens = dict(zip((e.example_id for e in examples), lengths))
+        kept, too_long = reject_too_long(
+            examples, lengths, engine.max_length,
+            lambda e, reason: Rejected(e.source, e.source_row, reason, _as_json(e), e.example_id),
+        )
+        loaded.examples, loaded.rejected = kept, loaded.rejected + too_long
+        counts = loaded.counts()
+        context.log.info(f"instructions: {counts}")
+        rows = ({**dataclasses.asdict(e), "n_tokens": n_tokens[e.example_id]} for e in kept)
+        df = frame(rows, schemas.INSTRUCTIONS)
+        meta = {**count_metadata(counts), "mean_tokens": float(df["n_tokens"].mean() or 0.0)}
+        yield table_output(df, meta, output_name="instructions")
+        yield table_output(rejected_frame(loaded.rejected), count_metadata(counts), output_name="instructions_rejected")
+
+    @dg.multi_asset(
+        outs={
+            "catalyst": dg.AssetOut(
+                key=CATALYST,
+                description=(
+                    "The reasoning catalyst C: (instruction, short rationale r0, response, enriched rationale r*) "
+                    f"demonstrations of enriching reasoning; source: {config.catalyst.source}."
+                ),
+                kinds={"polars", "parquet"},
+            ),
+            "catalyst_rejected": dg.AssetOut(
+                key=CATALYST_REJECTED,
+                description="Catalyst rows that were not kept, each with its reason and the raw row.",
+                kinds={"polars", "parquet"},
+            ),
+        },
+        ins={"instructions": dg.AssetIn(INSTRUCTIONS), "base": dg.AssetIn(BASE_MODEL)},
+        group_name="data",
+        code_version=code_version(config.section_hash("catalyst"), prompts.TEMPLATE_VERSION),
+    )
+    def catalyst(
+        context: dg.AssetExecutionContext, generation: GenerationResource, instructions: pl.DataFrame, base: pl.DataFrame
+    ):
+        spec = config.catalyst
+        if spec.source == "file":
+            result = cat.read_catalyst_file(spec.file, spec.size, spec.seed)
+        else:
+            in_d0 = set(zip(instructions["instruction"].to_list(), instructions["input"].to_list()))
+            pool = load_instructions([spec.pool.model_copy(update={"sample": spec.size})], spec.seed, exclude=in_d0)
+            if spec.source == "derived":
+                records, rejected = cat.derive(pool.examples)
+            else:
+                records, rejected = cat.teach(pool.examples, _teacher(generation, config))
+            result = cat.CatalystResult(records, pool.rejected + rejected, read=pool.read)
+        engine = generation.engine(base["path"][0])
+        lengths = engine.count_tokens([enrich_text(engine, r) for r in result.records])
+        n_tokens = dict(zip((r.catalyst_id for r in result.records), lengths))
+        kept, too_long = reject_too_long(
+            result.records, lengths, engine.max_length,
+            lambda r, reason: Rejected(r.source, r.source_row, reason, _as_json(r), r.catalyst_id),
+        )
+        result.records, result.rejected = kept, result.rejected + too_long
+        counts = result.counts()
+        context.log.info(f"catalyst ({spec.source}): {counts}")
+        df = frame(({**dataclasses.asdict(r), "n_tokens": n_tokens[r.catalyst_id]} for r in kept), schemas.CATALYST)
+        growth = (df["rationale"].str.len_chars() / df["short_rationale"].str.len_chars().clip(lower_bound=1)).mean()
+        meta = {**count_metadata(counts), "mean_tokens": float(df["n_tokens"].mean() or 0.0), "mean_length_ratio_r*_r0": float(growth or 0.0)}
+        yield table_output(df, meta, output_name="catalyst")
+        yield table_output(rejected_frame(result.rejected), count_metadata(counts), output_name="catalyst_rejected")
+
+    return [instructions, catalyst]
+
+
+def _teacher(generation: GenerationResource, config: ExperimentConfig):
+    spec = config.catalyst.teacher
+    engine = generation.teacher(spec.backend, spec.model, spec.base_url, spec.api_key_env)
+    params = SamplingParams(n=1, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens, seed=config.catalyst.seed)
+
+    def generate(examples: list[Example]) -> list[tuple[str, str]]:
+        messages = [prompts.teacher_messages(e.instruction, e.input, e.rationale or e.output, e.output) for e in examples]
+        outputs = engine.generate(messages, params)
+        return [(o.completions[0].text, o.completions[0].finish_reason) for o in outputs]
+
+    return generate
+
+
+def _as_json(item: object) -> str:
+    return json.dumps(dataclasses.asdict(item), ensure_ascii=False)

@@ -1,0 +1,122 @@
+"""model/base: the base model every checkpoint starts from: a local Hugging Face directory, or the
+bootstrap model (a tiny Llama and BPE tokenizer trained from scratch on the instruction text)."""
+
+
+import dagster as dg
+import jinja2
+import polars as pl
+
+from assets import schemas
+from assets.data import BASE_MODEL
+from assets.tables import code_version, frame, table_output
+from resources import GenerationResource
+from srlm import prompts
+from srlm.checkpoints import checkpoint_id_for
+from srlm.config import ExperimentConfig
+from srlm.datasets import load_instructions
+
+
+def corpus_documents(cfg: ExperimentConfig) -> list[str]:
+    """The bootstrap corpus as chat-formatted answering conversations, so the base model already speaks
+    the chat format and the <think> convention the loop trains on."""
+    from srlm.bootstrap import CHAT_TEMPLATE
+
+    template = jinja2.Environment().from_string(CHAT_TEMPLATE)
+    examples = load_instructions(cfg.model.bootstrap.corpus, cfg.experiment.seed).examples
+    return [
+        template.render(
+            messages=[
+                *prompts.answer_messages(e.instruction, e.input),
+                {"role": "assistant", "content": prompts.answer_completion(e.rationale, e.output)},
+            ],
+            add_generation_prompt=False,
+        )
+        for e in examples
+    ]
+
+
+def build_model_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
+    source = "the bootstrap model trained here" if cfg.model.is_bootstrap else f"the local model {cfg.model.base}"
+
+    @dg.asset(
+        key=BASE_MODEL,
+        group_name="model",
+        kinds={"pytorch", "huggingface"},
+        description=(
+            f"The base model ({source}); one row: checkpoint_id, path (a Hugging Face model directory), size. "
+            "Every checkpoint is a LoRA adapter on top of it."
+        ),
+        code_version=code_version(cfg.section_hash("model"), prompts.TEMPLATE_VERSION),
+    )
+    def base(context: dg.AssetExecutionContext, generation: GenerationResource):
+        if cfg.model.is_bootstrap:
+            row, meta = _bootstrap(context, cfg)
+        else:
+            row, meta = _local(cfg, context.run_id)
+        engine = generation.engine(row["path"])  # loads it: a directory that is not a causal LM fails here, clearly
+        row["context_length"] = engine.max_length
+        meta["context_length"] = engine.max_length
+        return table_output(frame([row], {**schemas.CHECKPOINTS, **schemas.BASE_MODEL_EXTRA}), meta)
+
+    return [base]
+
+
+def _row(cfg: ExperimentConfig, checkpoint_id: str, path: str, run_id: str) -> dict:
+    return {
+        "checkpoint_id": checkpoint_id,
+        "iteration": -1,
+        "base_model": checkpoint_id,
+        "path": path,
+        "trained_on": None,
+        "train_loss": None,
+        "run_id": run_id,
+        "init": "pretrained",
+        "parent_checkpoint_id": None,
+        "n_examples": None,
+        "steps": None,
+        "seconds": None,
+        "truncated_examples": None,
+        "source": "bootstrap" if cfg.model.is_bootstrap else "local",
+        "parameters": None,
+        "heldout_perplexity": None,
+        "tokens_seen": None,
+        "context_length": None,
+    }
+
+
+def _bootstrap(context: dg.AssetExecutionContext, cfg: ExperimentConfig) -> tuple[dict, dict]:
+    from srlm.bootstrap import BootstrapConfig, pretrain
+
+    settings = cfg.model.bootstrap.model_dump(exclude={"corpus"})
+    documents = corpus_documents(cfg)
+    context.log.info(f"bootstrap: {len(documents)} documents, budget {settings['max_seconds']} s")
+    out = cfg.home / "models" / f"bootstrap-{cfg.section_hash('model')}"
+    report = pretrain(documents, out, BootstrapConfig(**settings, seed=cfg.experiment.seed), device=cfg.model.device, log=context.log.info)
+    ckpt_id = checkpoint_id_for("base", out)
+    row = _row(cfg, ckpt_id, str(out), context.run_id)
+    final_loss = report.loss_curve[-1][1] if report.loss_curve else None
+    row.update(
+        train_loss=final_loss,
+        n_examples=len(documents),
+        steps=report.steps,
+        seconds=report.seconds,
+        parameters=report.parameters,
+        heldout_perplexity=report.heldout_perplexity,
+        tokens_seen=report.tokens_seen,
+    )
+    meta = {
+        "checkpoint_id": ckpt_id,
+        "parameters": report.parameters,
+        "tokens_seen": report.tokens_seen,
+        "steps": report.steps,
+        "seconds": round(report.seconds, 1),
+        "heldout_perplexity": report.heldout_perplexity,
+        "vocab_size": report.vocab_size,
+        "loss_curve": [[s, round(loss, 4)] for s, loss in report.loss_curve],
+    }
+    return row, meta
+
+
+def _local(cfg: ExperimentConfig, run_id: str) -> tuple[dict, dict]:
+    ckpt_id = checkpoint_id_for("base", cfg.model.base)
+    return _row(cfg, ckpt_id, cfg.model.base, run_id), {"checkpoint_id": ckpt_id, "path": cfg.model.base}

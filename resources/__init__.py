@@ -1,0 +1,31 @@
+"""Dagster resources: generation engines, LoRA training, and the Parquet + DuckDB warehouse."""
+
+from __future__ import annotations
+
+from srlm.config import ExperimentConfig
+
+from resources.generation import GenerationResource
+from resources.training import TrainingResource
+from resources.warehouse import ParquetIOManager, WarehouseResource
+
+
+def build_resources(config: ExperimentConfig) -> dict[str, object]:
+    home = str(config.home)
+    return {
+        "io_manager": ParquetIOManager(home=home),
+        "warehouse": WarehouseResource(home=home),
+        "generation": GenerationResource(
+            backend=config.generation.backend,
+            device=config.model.device,
+            dtype=config.model.dtype,
+            batch_size=config.generation.batch_size,
+            trust_remote_code=config.model.trust_remote_code,
+            gpu_memory_utilization=config.generation.gpu_memory_utilization,
+            tensor_parallel_size=config.generation.tensor_parallel_size,
+            max_lora_rank=max(config.train.lora.r, 8),
+        ),
+        "training": TrainingResource(device=config.model.device, dtype=config.model.dtype),
+    }
+
+
+__all__ = ["GenerationResource", "TrainingResource", "ParquetIOManager", "WarehouseResource", "build_resources"]

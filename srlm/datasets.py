@@ -1,0 +1,248 @@
+"""Reading instruction data (JSON / JSONL / Parquet) into examples, with every bad row accounted for.
+
+A malformed file stops with `DataFormatError` naming the file and line. A bad row (missing or empty
+field, non-text value, duplicate, too long for the model) becomes a `Rejected` record with a reason:
+for every source, rows read = examples kept + rows rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import pyarrow.parquet as pq
+
+from srlm.config import InstructionSource
+
+CALC_ANNOTATION = re.compile(r"<<[^<>]*>>")
+
+
+class DataFormatError(ValueError):
+    """A file that cannot be read as its format at all; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    example_id: str
+    source: str
+    source_row: int  # 1-based line (JSONL) or row/element number (JSON array, Parquet)
+    instruction: str
+    input: str
+    output: str
+    rationale: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    source: str
+    source_row: int
+    reason: str
+    raw: str  # the row as JSON text, so nothing is lost
+    example_id: str | None = None
+
+
+@dataclass
+class LoadResult:
+    examples: list[Example] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    rows_in_files: int = 0
+    excluded: int = 0  # rows skipped before sampling because they are already used elsewhere (e.g. in D0)
+
+    @property
+    def read(self) -> int:
+        return len(self.examples) + len(self.rejected)
+
+    def counts(self) -> dict[str, int]:
+        extra = {"rows_in_files": self.rows_in_files, "excluded": self.excluded}
+        return {**extra, **count_rows(self.read, len(self.examples), self.rejected)}
+
+
+def count_rows(read: int, kept: int, rejected: Sequence[Rejected]) -> dict[str, int]:
+    """read / kept / rejected counts, plus rejections per reason (the text before the reason's colon)."""
+    out = {"read": read, "kept": kept, "rejected": len(rejected)}
+    for r in rejected:
+        key = "rejected: " + r.reason.split(":")[0]
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def stable_id(*parts: str) -> str:
+    """16 hex digits of sha256 over the parts (unit-separated): the content hash used for ids."""
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ file readers
+
+
+def detect_format(path: Path, fmt: str = "auto") -> str:
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".json":
+        return "json"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise DataFormatError(f"{path}: cannot tell the format from the extension '{suffix}'; set format: json | jsonl | parquet")
+
+
+def read_rows(path: str | Path, fmt: str = "auto") -> Iterator[tuple[int, Any]]:
+    """Yield (row number, row) from a JSON array, JSONL or Parquet file. Rows are whatever the file holds:
+    callers decide what a valid row is. Undecodable files raise DataFormatError with file and line."""
+    path = Path(path)
+    fmt = detect_format(path, fmt)
+    if fmt == "parquet":
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a broken file
+            raise DataFormatError(f"{path}: not a readable Parquet file: {exc}") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
+            yield i, row
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}: line {line}: not UTF-8 text ({exc.reason})") from None
+    if fmt == "jsonl":
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{path}: line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(data, list):
+        raise DataFormatError(f"{path}: line 1: a JSON file must hold an array of rows, found {type(data).__name__}")
+    yield from enumerate(data, start=1)
+
+
+# ------------------------------------------------------------------------------------------ rows -> examples
+
+
+def text_field(row: dict, column: str | None, name: str, required: bool) -> str:
+    """The field's text, "" when optional and absent; raises ValueError(reason) for a bad value."""
+    if column is None:
+        return ""
+    if column not in row or row[column] is None:
+        if required:
+            raise ValueError(f"missing field: '{name}' (column '{column}')")
+        return ""
+    value = row[column]
+    if not isinstance(value, str):
+        raise ValueError(f"non-text value: '{name}' (column '{column}') is {type(value).__name__}")
+    if required and not value.strip():
+        raise ValueError(f"empty field: '{name}' (column '{column}')")
+    return value.strip()
+
+
+def split_answer(output: str, delimiter: str | None, strip_calc: bool) -> tuple[str, str]:
+    """(rationale, answer) from an output like GSM8K's "steps #### 72"; no delimiter -> ("", output)."""
+    if strip_calc:
+        output = CALC_ANNOTATION.sub("", output)
+    if not delimiter:
+        return "", output.strip()
+    if delimiter not in output:
+        raise ValueError(f"missing answer delimiter: '{delimiter}' not in the output")
+    steps, answer = output.rsplit(delimiter, 1)
+    if not answer.strip():
+        raise ValueError(f"empty field: nothing after the answer delimiter '{delimiter}'")
+    return steps.strip(), answer.strip()
+
+
+def row_to_example(row: Any, src: InstructionSource, source_name: str, row_no: int) -> Example:
+    """One file row -> Example; raises ValueError(reason) for a bad row."""
+    if not isinstance(row, dict):
+        raise ValueError(f"not an object: the row is a {type(row).__name__}")
+    cols = src.columns
+    instruction = text_field(row, cols.instruction, "instruction", required=True)
+    input_text = text_field(row, cols.input, "input", required=False)
+    output = text_field(row, cols.output, "output", required=True)
+    rationale = text_field(row, cols.rationale, "rationale", required=False)
+    steps, output = split_answer(output, src.answer_delimiter, src.strip_calc_annotations)
+    rationale = rationale or steps
+    if cols.id is not None:
+        raw_id = row.get(cols.id)
+        if raw_id is None or isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id).strip() == "":
+            raise ValueError(f"missing field: 'id' (column '{cols.id}') must be a non-empty string or integer")
+        example_id = f"{source_name}:{str(raw_id).strip()}"
+    else:
+        example_id = stable_id(instruction, input_text, output)
+    return Example(example_id, source_name, row_no, instruction, input_text, output, rationale)
+
+
+def sample_rows(rows: list, size: int | None, seed: int) -> list:
+    """A seeded sample in file order (None or size >= len: all rows)."""
+    if size is None or size >= len(rows):
+        return rows
+    picked = sorted(random.Random(seed).sample(range(len(rows)), size))
+    return [rows[i] for i in picked]
+
+
+def load_instructions(
+    sources: Sequence[InstructionSource], seed: int, exclude: set[tuple[str, str]] | None = None
+) -> LoadResult:
+    """All sources -> kept examples + rejected rows. Rows whose (instruction, input) is in `exclude` are
+    skipped before sampling (counted as `excluded`). Duplicates (same example_id, across sources too)
+    keep the first occurrence."""
+    result = LoadResult()
+    seen: dict[str, tuple[str, int]] = {}
+    for index, src in enumerate(sources):
+        name = src.name or Path(src.path).stem
+        rows = list(read_rows(src.path, src.format))
+        result.rows_in_files += len(rows)
+        if exclude:
+            eligible = [(n, row) for n, row in rows if _instruction_key(row, src) not in exclude]
+            result.excluded += len(rows) - len(eligible)
+            rows = eligible
+        for row_no, row in sample_rows(rows, src.sample, seed + index):
+            raw = json.dumps(row, ensure_ascii=False, default=str)
+            try:
+                example = row_to_example(row, src, name, row_no)
+            except ValueError as exc:
+                result.rejected.append(Rejected(name, row_no, str(exc), raw))
+                continue
+            if example.example_id in seen:
+                first_src, first_row = seen[example.example_id]
+                reason = f"duplicate: same example as {first_src} row {first_row}"
+                result.rejected.append(Rejected(name, row_no, reason, raw, example.example_id))
+                continue
+            seen[example.example_id] = (name, row_no)
+            result.examples.append(example)
+    return result
+
+
+def _instruction_key(row: Any, src: InstructionSource) -> tuple[str, str] | None:
+    if not isinstance(row, dict):
+        return None
+    instruction, input_text = row.get(src.columns.instruction), row.get(src.columns.input) if src.columns.input else ""
+    if not isinstance(instruction, str) or not isinstance(input_text or "", str):
+        return None
+    return instruction.strip(), (input_text or "").strip()
+
+
+T = TypeVar("T")
+
+
+def reject_too_long(
+    items: Sequence[T], n_tokens: Sequence[int], max_tokens: int, to_rejected: Callable[[T, str], Rejected]
+) -> tuple[list[T], list[Rejected]]:
+    """Split items by token length: those over `max_tokens` become Rejected("too long: ...")."""
+    kept, rejected = [], []
+    for item, n in zip(items, n_tokens, strict=True):
+        if n > max_tokens:
+            rejected.append(to_rejected(item, f"too long: {n} tokens, the model takes {max_tokens}"))
+        else:
+            kept.append(item)
+    return kept, rejected

@@ -1,0 +1,102 @@
+"""Prompt templates of the two tasks one model learns, and the teacher's meta-reasoning prompt.
+
+Answering:  x                -> "<think>{r}</think>\\n{y}"
+Enriching:  (x, r, y)        -> r'   (a longer, more explicit rationale consistent with y)
+
+Every template is plain text here; `TEMPLATE_VERSION` hashes them all, and the assets that render a
+template put that hash into their code version, so editing a template marks them stale in Dagster.
+Prompts are chat messages; each engine renders them with its model's own chat template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+SKILLS = (
+    "reflection",
+    "decomposition",
+    "detail",
+    "summary",
+    "alternative-thinking",
+    "backward-thinking",
+    "analogy",
+    "checking",
+)
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+NO_RATIONALE = "(none)"
+
+ENRICH_TEMPLATE = """\
+Enrich the reasoning. Rewrite the rationale as longer, explicit steps, each marked with a skill \
+({skills}). Stay consistent with the response.
+### Instruction
+{instruction}
+### Rationale
+{rationale}
+### Response
+{response}"""
+
+TEACHER_TEMPLATE = """\
+You write enriched reasoning for a training set. Below are an instruction, a short rationale and the \
+correct response. Write a longer rationale that leads to exactly this response, as a sequence of steps. \
+Use the meta-reasoning skills that fit, among: {skills}. Start every step on its own line with its \
+skill in brackets, for example "[decomposition] Split the task into ...". Do not change the response; \
+do not write it after the steps. Output only the steps.
+### Instruction
+{instruction}
+### Short rationale
+{rationale}
+### Response
+{response}"""
+
+TEMPLATE_VERSION = hashlib.sha256(
+    "\x1f".join([ENRICH_TEMPLATE, TEACHER_TEMPLATE, THINK_OPEN, THINK_CLOSE, NO_RATIONALE]).encode()
+).hexdigest()[:12]
+
+
+def user_text(instruction: str, input_text: str | None = None) -> str:
+    """The instruction as the user sends it: the instruction, then its input (if any) after a blank line."""
+    return f"{instruction}\n\n{input_text}" if input_text else instruction
+
+
+def answer_messages(instruction: str, input_text: str | None = None) -> list[dict[str, str]]:
+    return [{"role": "user", "content": user_text(instruction, input_text)}]
+
+
+def answer_completion(rationale: str | None, response: str) -> str:
+    return f"{think_block(rationale)}\n{response}"
+
+
+def think_block(rationale: str | None) -> str:
+    """The reasoning part of an answer; an empty rationale gives an empty block."""
+    return f"{THINK_OPEN}{rationale or ''}{THINK_CLOSE}"
+
+
+def enrich_messages(instruction: str, input_text: str | None, rationale: str | None, response: str) -> list[dict[str, str]]:
+    content = ENRICH_TEMPLATE.format(
+        skills=", ".join(SKILLS),
+        instruction=user_text(instruction, input_text),
+        rationale=rationale or NO_RATIONALE,
+        response=response,
+    )
+    return [{"role": "user", "content": content}]
+
+
+def teacher_messages(instruction: str, input_text: str | None, rationale: str | None, response: str) -> list[dict[str, str]]:
+    content = TEACHER_TEMPLATE.format(
+        skills=", ".join(SKILLS),
+        instruction=user_text(instruction, input_text),
+        rationale=rationale or NO_RATIONALE,
+        response=response,
+    )
+    return [{"role": "user", "content": content}]
+
+
+def strip_think(text: str) -> str:
+    """A generated rationale sometimes repeats the think tags; keep the text between them."""
+    text = text.strip()
+    if text.startswith(THINK_OPEN):
+        text = text[len(THINK_OPEN):]
+    if THINK_CLOSE in text:
+        text = text.split(THINK_CLOSE, 1)[0]
+    return text.strip()

@@ -1,0 +1,81 @@
+"""The three answer-format-agnostic selectors (DESIGN.md 2.5), as pure functions.
+
+Each gives every candidate rationale a score, higher is better; SQL (sql/select_<name>.sql) then keeps
+the best candidate per example. None of them parses answers.
+
+- length:      tokens of the rationale; degenerate text scores -inf: empty, cut off by the token
+               limit (no end), or more than `max_repeated_fraction` of its word n-grams are repeats.
+- likelihood:  mean log p(y | x, r) - mean log p(y | x): how much the rationale makes the reference
+               response more likely under the model that wrote it (the second term once per example).
+- consistency: mean similarity to the other candidates of the same example (the medoid scores highest),
+               a free-text self-consistency. Similarity = Jaccard index of the sets of lower-cased word
+               unigrams and bigrams; one candidate alone scores 0 (no agreement to measure).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+NEG_INF = float("-inf")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def repeated_ngram_fraction(text: str, n: int) -> float:
+    """Share of the word n-grams that repeat an earlier one (0 for texts shorter than n words)."""
+    words = text.lower().split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return (len(grams) - len(set(grams))) / len(grams)
+
+
+def degeneration(text: str, finish_reason: str, ngram: int, max_repeated_fraction: float) -> str | None:
+    """Why a rationale is degenerate, or None when it is fine."""
+    if not text.strip():
+        return "empty"
+    if finish_reason == "length":
+        return "no end (cut off at the token limit)"
+    fraction = repeated_ngram_fraction(text, ngram)
+    if fraction > max_repeated_fraction:
+        return f"repetition ({fraction:.0%} of {ngram}-grams repeat)"
+    return None
+
+
+def length_score(text: str, n_tokens: int, finish_reason: str, ngram: int = 4, max_repeated_fraction: float = 0.3) -> float:
+    return NEG_INF if degeneration(text, finish_reason, ngram, max_repeated_fraction) else float(n_tokens)
+
+
+def likelihood_gain(mean_logp_with_rationale: float, mean_logp_without: float) -> float:
+    return mean_logp_with_rationale - mean_logp_without
+
+
+def _features(text: str) -> set[str]:
+    words = _WORD.findall(text.lower())
+    return set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
+
+
+def _jaccard(fa: set[str], fb: set[str]) -> float:
+    union = fa | fb
+    return len(fa & fb) / len(union) if union else 1.0
+
+
+def similarity(a: str, b: str) -> float:
+    return _jaccard(_features(a), _features(b))
+
+
+def consistency_scores(texts: Sequence[str]) -> list[float]:
+    """Mean similarity of each text to the others."""
+    if len(texts) < 2:
+        return [0.0] * len(texts)
+    feats = [_features(t) for t in texts]
+    sims = [[0.0] * len(texts) for _ in texts]
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            sims[i][j] = sims[j][i] = _jaccard(feats[i], feats[j])
+    return [sum(row) / (len(texts) - 1) for row in sims]
+
+
+def consistency_to(text: str, others: Sequence[str]) -> float:
+    """Mean similarity of one text (a parent rationale) to a set of candidates."""
+    return sum(similarity(text, o) for o in others) / len(others) if others else 0.0

@@ -1,0 +1,162 @@
+"""The warehouse: one Parquet file per table asset, and a DuckDB catalog of views over them.
+
+Layout under SRLM_HOME:
+    tables/<schema>/<name>.parquet   one file per table asset, key "<schema>/<name>" (e.g. iter_2/candidates)
+    warehouse.duckdb                 views only: <schema>.<name> per file, union views across iterations
+                                     (sql/views/*.sql), no table data, so writers never hold it for long
+
+Parquet files are written atomically (temp file + fsync + rename): a crash never leaves a half file
+that later reads as complete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from srlm.paths import SQL_DIR
+
+CATALOG_FILE = "warehouse.duckdb"
+TABLES_DIR = "tables"
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class ReadOnlyViolation(ValueError):
+    pass
+
+
+def table_path(home: str | Path, key: Sequence[str]) -> Path:
+    if len(key) != 2 or not all(_IDENT.match(part) for part in key):
+        raise ValueError(f"table keys are <schema>/<name> in lower snake case, got {'/'.join(key)}")
+    return Path(home) / TABLES_DIR / key[0] / f"{key[1]}.parquet"
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def list_tables(home: str | Path) -> dict[str, Path]:
+    """'schema.name' -> parquet path, for every committed table file."""
+    root = Path(home) / TABLES_DIR
+    out = {}
+    for file in sorted(root.glob("*/*.parquet")):
+        schema, name = file.parent.name, file.stem
+        if _IDENT.match(schema) and _IDENT.match(name):
+            out[f"{schema}.{name}"] = file
+    return out
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _connect(path: Path, read_only: bool, attempts: int = 50) -> duckdb.DuckDBPyConnection:
+    """Open the catalog, retrying while another process holds its lock for a moment."""
+    for attempt in range(attempts):
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+def union_view_sql() -> dict[str, str]:
+    """name -> the SQL body of each union view (sql/views/<name>.sql), with {tables:<name>} placeholders."""
+    return {file.stem: file.read_text() for file in sorted((SQL_DIR / "views").glob("*.sql"))}
+
+
+def _union_body(template: str, tables: dict[str, Path]) -> str | None:
+    """Fill `{union:<table name>}` placeholders with a UNION ALL BY NAME over every schema holding that
+    table; None when some placeholder has no table yet (the view is then not created)."""
+    def expand(match: re.Match) -> str:
+        wanted = match.group(1).split(",")
+        parts = [f"SELECT * FROM {key}" for key in tables if key.split(".")[1] in wanted]
+        if not parts:
+            raise LookupError(match.group(1))
+        return "(" + " UNION ALL BY NAME ".join(parts) + ")"
+
+    try:
+        return re.sub(r"\{union:([a-z_,]+)\}", expand, template)
+    except LookupError:
+        return None
+
+
+def refresh_catalog(home: str | Path) -> list[str]:
+    """(Re)create every view in warehouse.duckdb; returns the view names."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    tables = list_tables(home)
+    created = []
+    con = _connect(home / CATALOG_FILE, read_only=False)
+    try:
+        con.execute("BEGIN")
+        for key, file in tables.items():
+            schema = key.split(".")[0]
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            con.execute(f"CREATE OR REPLACE VIEW {key} AS SELECT * FROM read_parquet({_sql_literal(str(file))})")
+            created.append(key)
+        for name, template in union_view_sql().items():
+            body = _union_body(template, tables)
+            if body is None:
+                con.execute(f"DROP VIEW IF EXISTS main.{name}")
+                continue
+            con.execute(f"CREATE OR REPLACE VIEW main.{name} AS {body}")
+            created.append(name)
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    return created
+
+
+def check_read_only(query: str) -> None:
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise ReadOnlyViolation(f"cannot parse the query: {exc}") from None
+    if not statements:
+        raise ReadOnlyViolation("the query is empty")
+    for statement in statements:
+        kind = statement.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            raise ReadOnlyViolation(
+                f"refused: srlm sql is read-only and this is a {kind} statement; only SELECT (and EXPLAIN) "
+                "queries run here. The warehouse is rebuilt from the assets: change data by materializing them."
+            )
+
+
+def query_read_only(home: str | Path, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run a read-only query on the catalog: (column names, rows)."""
+    check_read_only(query)
+    catalog = Path(home) / CATALOG_FILE
+    if not catalog.is_file():
+        raise FileNotFoundError(f"no warehouse yet at {catalog}: materialize some assets first (srlm run)")
+    con = _connect(catalog, read_only=True)
+    try:
+        cursor = con.execute(query)
+        columns = [d[0] for d in cursor.description] if cursor.description else []
+        return columns, cursor.fetchall()
+    finally:
+        con.close()

@@ -1,0 +1,61 @@
+"""The three selectors on hand-built cases (DESIGN.md 2.5)."""
+
+import math
+
+from srlm import selectors
+
+GOOD = "First split the task into parts. Then add the parts and check the sum against the total."
+LOOPING = " ".join(["add the parts and"] * 30)
+
+
+def test_long_but_degenerate_candidate_loses_on_length():
+    assert selectors.length_score(LOOPING, n_tokens=120, finish_reason="stop") == -math.inf
+    assert selectors.length_score(GOOD, n_tokens=20, finish_reason="stop") == 20.0
+
+
+def test_cut_off_candidate_is_degenerate():
+    assert selectors.degeneration(GOOD, "length", 4, 0.3) == "no end (cut off at the token limit)"
+    assert selectors.length_score(GOOD, 20, "length") == -math.inf
+
+
+def test_empty_candidate_is_degenerate():
+    assert selectors.degeneration("  ", "stop", 4, 0.3) == "empty"
+
+
+def test_repetition_guard_threshold():
+    assert selectors.repeated_ngram_fraction("a b c d e f", 4) == 0.0
+    assert selectors.repeated_ngram_fraction(LOOPING, 4) > 0.9
+    assert selectors.degeneration(LOOPING, "stop", 4, 0.3).startswith("repetition")
+
+
+def test_rationale_that_makes_y_more_likely_wins_on_likelihood():
+    baseline = -3.0
+    helpful, unhelpful = selectors.likelihood_gain(-1.2, baseline), selectors.likelihood_gain(-3.4, baseline)
+    assert helpful > 0 > unhelpful
+
+
+def test_the_medoid_wins_on_consistency():
+    texts = [
+        "the total is five plus three which is eight apples",
+        "the total is five plus three so eight apples",   # the medoid: close to both others
+        "five plus three equals eight so the total is eight",
+        "bananas are yellow",
+    ]
+    scores = selectors.consistency_scores(texts)
+    assert max(range(len(texts)), key=scores.__getitem__) == 1
+    assert scores[3] == min(scores)
+
+
+def test_consistency_of_one_candidate_is_zero():
+    assert selectors.consistency_scores(["alone"]) == [0.0]
+
+
+def test_similarity_bounds():
+    assert selectors.similarity("a b c", "a b c") == 1.0
+    assert selectors.similarity("a b", "c d") == 0.0
+    assert selectors.similarity("", "") == 1.0
+
+
+def test_parent_consistency_is_mean_similarity_to_candidates():
+    assert selectors.consistency_to("a b", ["a b", "c d"]) == 0.5
+    assert selectors.consistency_to("a b", []) == 0.0

@@ -1,0 +1,115 @@
+"""Parquet tables written atomically, the DuckDB catalog of views, and read-only SQL."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from srlm import warehouse
+from srlm.warehouse import ReadOnlyViolation, query_read_only, refresh_catalog, table_path, write_parquet_atomic
+
+
+def put(home, key, table):
+    write_parquet_atomic(table, table_path(home, key))
+
+
+def candidates(iteration, rows):
+    """rows: (candidate_id, example_id, parent_id, checkpoint_id, text)"""
+    return pa.table(
+        {
+            "candidate_id": [r[0] for r in rows],
+            "example_id": [r[1] for r in rows],
+            "iteration": [iteration] * len(rows),
+            "parent_id": [r[2] for r in rows],
+            "checkpoint_id": [r[3] for r in rows],
+            "text": [r[4] for r in rows],
+        }
+    )
+
+
+@pytest.fixture
+def home(tmp_path):
+    put(tmp_path, ("data", "instructions"), pa.table({"example_id": ["e1", "e2"], "instruction": ["x", "y"]}))
+    put(tmp_path, ("iter_1", "candidates"), candidates(1, [("c1", "e1", "e1", "M0-a", "r1"), ("c2", "e2", "e2", "M0-a", "r2")]))
+    put(tmp_path, ("iter_2", "candidates"), candidates(2, [("c3", "e1", "c1", "M1-b", "r1 longer")]))
+    refresh_catalog(tmp_path)
+    return tmp_path
+
+
+def test_table_keys_are_validated(tmp_path):
+    assert table_path(tmp_path, ["iter_2", "candidates"]) == tmp_path / "tables" / "iter_2" / "candidates.parquet"
+    with pytest.raises(ValueError):
+        table_path(tmp_path, ["a", "b", "c"])
+    with pytest.raises(ValueError):
+        table_path(tmp_path, ["iter-2", "x; drop"])
+
+
+def test_a_crash_mid_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "t" / "x.parquet"
+    write_parquet_atomic(pa.table({"a": [1]}), path)
+
+    def crash(table, where, **kw):
+        where.write(b"PAR1 half a file")
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(warehouse.pq, "write_table", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_parquet_atomic(pa.table({"a": [2, 3]}), path)
+    monkeypatch.undo()
+    assert pq.read_table(path).column("a").to_pylist() == [1]
+    assert [p.name for p in path.parent.iterdir()] == ["x.parquet"]  # no temp file left behind
+
+
+def test_views_per_table_named_by_key(home):
+    _, rows = query_read_only(home, "select count(*) from data.instructions")
+    assert rows == [(2,)]
+    _, rows = query_read_only(home, "select text from iter_2.candidates")
+    assert rows == [("r1 longer",)]
+
+
+def test_union_view_across_iterations(home):
+    _, rows = query_read_only(home, "select iteration, count(*) from candidates group by 1 order by 1")
+    assert rows == [(1, 2), (2, 1)]
+
+
+def test_union_views_without_tables_are_not_created(home):
+    with pytest.raises(Exception, match="selected"):
+        query_read_only(home, "select * from selected")
+
+
+def test_ancestry_walks_back_to_the_original_example(home):
+    cols, rows = query_read_only(home, "select depth, ancestor_id, iteration, is_original from ancestry where candidate_id = 'c3' order by depth")
+    assert rows == [(0, "c3", 2, False), (1, "c1", 1, False), (2, "e1", None, True)]
+
+
+def test_refresh_picks_up_new_tables(home):
+    put(home, ("iter_3", "candidates"), candidates(3, [("c4", "e1", "c3", "M2-c", "r1 longest")]))
+    refresh_catalog(home)
+    _, rows = query_read_only(home, "select max(depth) from ancestry where candidate_id = 'c4'")
+    assert rows == [(3,)]
+
+
+@pytest.mark.parametrize(
+    "query, kind",
+    [
+        ("insert into data.instructions values ('e3', 'z')", "INSERT"),
+        ("create table t as select 1", "CREATE"),
+        ("copy (select 1) to 'out.csv'", "COPY"),
+        ("attach 'other.duckdb'", "ATTACH"),
+        ("drop view candidates", "DROP"),
+        ("select 1; delete from data.instructions", "DELETE"),
+        ("set threads = 1", "SET"),
+    ],
+)
+def test_writes_and_ddl_are_refused(home, query, kind):
+    with pytest.raises(ReadOnlyViolation, match=f"read-only and this is a {kind} statement"):
+        query_read_only(home, query)
+
+
+def test_explain_is_allowed(home):
+    cols, rows = query_read_only(home, "explain select * from candidates")
+    assert rows
+
+
+def test_no_warehouse_yet(tmp_path):
+    with pytest.raises(FileNotFoundError, match="materialize some assets first"):
+        query_read_only(tmp_path, "select 1")
