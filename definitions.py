@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets import build_assets
+from assets.checks import build_checks
 from resources import build_resources
 from srlm.config import ExperimentConfig, load_config
 from srlm.progress import PROGRESS_LOGGER, progress_logger
@@ -18,6 +19,7 @@ def build_definitions(cfg: ExperimentConfig) -> dg.Definitions:
     )
     return dg.Definitions(
         assets=build_assets(cfg),
+        asset_checks=build_checks(cfg),
         resources=build_resources(cfg),
         jobs=[experiment],
         loggers={"console": dg.colored_console_logger, PROGRESS_LOGGER: progress_logger},

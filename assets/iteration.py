@@ -11,7 +11,6 @@ their previous one, so a subset expansion never shrinks the training set), plus 
 
 
 import random
-import shutil
 from enum import Enum
 from typing import Optional
 
@@ -24,7 +23,7 @@ from assets.data import BASE_MODEL, CATALYST, INSTRUCTIONS
 from assets.tables import code_version, fingerprint, frame, table_output
 from resources import GenerationResource, TrainingResource
 from srlm import prompts
-from srlm.checkpoints import checkpoint_id_for
+from srlm.checkpoints import checkpoint_id_for, commit_dir
 from srlm.config import SELECTORS, ExperimentConfig
 from srlm.engines.types import SamplingParams
 from srlm.expansion import ExpansionSettings, ExpansionTask, expand, recipe_key
@@ -203,11 +202,7 @@ def _checkpoint(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             log=context.log.info,
         )
         ckpt_id = checkpoint_id_for(f"M{t}", staging)
-        final = home / ckpt_id
-        if final.exists():  # the same adapter bytes are already committed
-            shutil.rmtree(staging)
-        else:
-            staging.rename(final)
+        final = commit_dir(staging, home / ckpt_id)
         row = {
             "checkpoint_id": ckpt_id,
             "iteration": t,

@@ -11,7 +11,7 @@ from assets.data import BASE_MODEL
 from assets.tables import code_version, frame, table_output
 from resources import GenerationResource
 from srlm import prompts
-from srlm.checkpoints import checkpoint_id_for
+from srlm.checkpoints import checkpoint_id_for, commit_dir
 from srlm.config import ExperimentConfig
 from srlm.datasets import load_instructions
 
@@ -90,9 +90,11 @@ def _bootstrap(context: dg.AssetExecutionContext, cfg: ExperimentConfig) -> tupl
     settings = cfg.model.bootstrap.model_dump(exclude={"corpus"})
     documents = corpus_documents(cfg)
     context.log.info(f"bootstrap: {len(documents)} documents, budget {settings['max_seconds']} s")
-    out = cfg.home / "models" / f"bootstrap-{cfg.section_hash('model')}"
-    report = pretrain(documents, out, BootstrapConfig(**settings, seed=cfg.experiment.seed), device=cfg.model.device, log=context.log.info)
-    ckpt_id = checkpoint_id_for("base", out)
+    # trained into a run folder, then committed under its content id (a budget in seconds makes two runs differ)
+    staging = cfg.home / "models" / f"run-{context.run_id}"
+    report = pretrain(documents, staging, BootstrapConfig(**settings, seed=cfg.experiment.seed), device=cfg.model.device, log=context.log.info)
+    ckpt_id = checkpoint_id_for("base", staging)
+    out = commit_dir(staging, cfg.home / "models" / ckpt_id)
     row = _row(cfg, ckpt_id, str(out), context.run_id)
     final_loss = report.loss_curve[-1][1] if report.loss_curve else None
     row.update(

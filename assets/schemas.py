@@ -2,6 +2,9 @@
 
 import polars as pl
 
+from srlm.expansion import CANDIDATE_SCHEMA
+from srlm.scoring import SCORE_SCHEMA
+
 INSTRUCTIONS = {
     "example_id": pl.String,
     "source": pl.String,
@@ -71,3 +74,72 @@ BASE_MODEL_EXTRA = {
     "tokens_seen": pl.Int64,
     "context_length": pl.Int64,
 }
+
+QUESTIONS = {
+    "benchmark": pl.String,
+    "question_id": pl.String,
+    "subset": pl.String,  # MMLU subject, BBH task
+    "question": pl.String,
+    "choices": pl.List(pl.String),
+    "labels": pl.List(pl.String),
+    "answer": pl.String,  # gold answer (a label for multiple choice)
+    "gold_index": pl.Int64,
+    "protocol": pl.String,  # generate | loglikelihood
+    "sampled": pl.Boolean,  # evaluated (inside the per-benchmark limit)
+}
+
+EVALS = {
+    "checkpoint_id": pl.String,
+    "iteration": pl.Int64,  # -1 = the base model
+    "benchmark": pl.String,
+    "question_id": pl.String,
+    "protocol": pl.String,
+    "n_samples": pl.Int64,  # N: the prediction is the majority vote of the first N sampled answers
+    "prediction": pl.String,
+    "correct": pl.Boolean,
+    "gold": pl.String,
+    "completion": pl.String,  # the first sampled answer (generate) or the chosen option's text
+    "sample_predictions": pl.List(pl.String),  # the N extracted answers that voted
+    "choice_logprobs": pl.List(pl.Float64),  # loglikelihood: total log p of each option
+}
+
+SELECTED = {
+    "example_id": pl.String,
+    "iteration": pl.Int64,
+    "candidate_id": pl.String,  # the kept candidate
+    "selector": pl.String,
+    "score": pl.Float64,
+    "parent_score": pl.Float64,  # the same selector's score of the rationale it enriched
+    "parent_id": pl.String,
+    "margin": pl.Float64,
+}
+
+EVAL_SUMMARY = {
+    "checkpoint_id": pl.String,
+    "iteration": pl.Int64,
+    "benchmark": pl.String,
+    "protocol": pl.String,
+    "questions": pl.Int64,
+    "accuracy": pl.Float64,  # at the smallest N (1 by default)
+    "max_samples": pl.Int64,
+    "accuracy_at_max_samples": pl.Float64,
+    "delta_previous": pl.Float64,  # against the previous iteration (M0: against the base model)
+    "delta_base": pl.Float64,
+}
+
+EVAL_SCALING = {
+    "checkpoint_id": pl.String,
+    "iteration": pl.Int64,
+    "benchmark": pl.String,
+    "n_samples": pl.Int64,
+    "questions": pl.Int64,
+    "accuracy": pl.Float64,
+}
+
+
+def _from_arrow(schema) -> dict:
+    return dict(pl.from_arrow(schema.empty_table()).schema)
+
+
+CANDIDATES = _from_arrow(CANDIDATE_SCHEMA)
+SCORES = _from_arrow(SCORE_SCHEMA)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 SMALL_FILE = 64 * 1024 * 1024  # files above this are fingerprinted by name and size, not content
@@ -25,3 +26,12 @@ def directory_fingerprint(path: str | Path) -> str:
 def checkpoint_id_for(prefix: str, path: str | Path) -> str:
     """e.g. "M2-3fa2c9d1e0b4": the model's role in the experiment and its content fingerprint."""
     return f"{prefix}-{directory_fingerprint(path)}"
+
+
+def commit_dir(staging: Path, final: Path) -> Path:
+    """Move a finished model folder to its content-addressed place; identical content already there wins."""
+    if final.exists():
+        shutil.rmtree(staging)
+    else:
+        staging.rename(final)
+    return final

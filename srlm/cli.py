@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from srlm.config import CONFIG_ENV, HOME_ENV, ConfigError, load_config
+from srlm.config import CONFIG_ENV, HOME_ENV, ConfigError, ExperimentConfig, load_config
 from srlm.paths import DEFINITIONS_FILE, REPO_ROOT
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -30,9 +30,9 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
-def prepare_environment(config_path: str | None) -> Path:
+def prepare_environment(config_path: str | None) -> ExperimentConfig:
     """Load (validate) the config and export what Dagster and its subprocesses need: the config file,
-    SRLM_HOME and DAGSTER_HOME (with the shipped dagster.yaml). Returns the home folder."""
+    SRLM_HOME and DAGSTER_HOME (with the shipped dagster.yaml)."""
     if config_path is not None:
         config_path = str(Path(config_path).expanduser().resolve())
         os.environ[CONFIG_ENV] = config_path
@@ -48,20 +48,21 @@ def prepare_environment(config_path: str | None) -> Path:
         nux.write_text("seen: 1\n")
     os.environ[HOME_ENV] = str(home)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
-    return home
+    return cfg
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        home = prepare_environment(args.config)
+        cfg = prepare_environment(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
     import dagster as dg
 
-    from definitions import EXPERIMENT_JOB, defs
+    from definitions import EXPERIMENT_JOB, build_definitions
     from srlm.progress import PROGRESS_LOGGER
 
-    print(f"srlm: materializing into {home} (Dagster instance {os.environ['DAGSTER_HOME']})")
+    print(f"srlm: experiment '{cfg.experiment.name}' into {cfg.home} (Dagster instance {os.environ['DAGSTER_HOME']})")
+    defs = build_definitions(cfg)
     job = defs.resolve_job_def(EXPERIMENT_JOB)
     selection = None
     if args.select:

@@ -1,0 +1,30 @@
+# Two commands on a fresh machine (see README):
+#   make run    set up .venv and run the whole experiment on the embedded default
+#   make test   set up .venv and run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: setup run test ui bench
+
+$(BIN)/srlm: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# the pinned torch first: it resolves to the local CPU build (STACK-NOTES.md)
+	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	touch $(BIN)/srlm
+
+setup: $(BIN)/srlm
+
+run: setup
+	$(BIN)/srlm run
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup
+	$(BIN)/srlm ui
+
+bench: setup
+	$(BIN)/python bench/generation_speed.py
+	$(BIN)/python bench/selection_speed.py

@@ -1,0 +1,297 @@
+"""Asset checks: the contracts a researcher relies on when reading the tables.
+
+- schema (blocking): every table has its contract's columns and types, and no null key.
+- nothing lost (blocking): counts add up; every selected row points at a candidate of its example; every
+  candidate has its scores; every sampled question has its evaluation rows.
+- decontamination (blocking on exact duplicates): training text sharing a 13-gram with an evaluation
+  question is flagged (warning); text equal to a question blocks.
+- trends (warnings): selected rationales should grow longer than their parents; accuracy should not
+  fall against the previous iteration.
+"""
+
+from functools import lru_cache
+from typing import Callable
+
+import dagster as dg
+import polars as pl
+
+from assets import schemas
+from assets.data import BASE_MODEL, CATALYST, CATALYST_REJECTED, INSTRUCTIONS, INSTRUCTIONS_REJECTED
+from assets.evaluation import BASE_EVAL, QUESTIONS, SCALING, SUMMARY
+from assets.iteration import key
+from resources import WarehouseResource
+from srlm.config import ExperimentConfig
+from srlm.decontamination import QuestionIndex
+
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+ACCURACY_DROP_WARNING = 0.05  # a fall larger than this on a benchmark (absolute) is worth a look
+
+
+def table_contracts(cfg: ExperimentConfig) -> dict[dg.AssetKey, tuple[dict, list[str]]]:
+    """Every table asset -> (column schema, key columns that must never be null)."""
+    contracts = {
+        INSTRUCTIONS: (schemas.INSTRUCTIONS, ["example_id", "instruction", "output"]),
+        INSTRUCTIONS_REJECTED: (schemas.REJECTED, ["source", "reason", "raw"]),
+        CATALYST: (schemas.CATALYST, ["catalyst_id", "instruction", "output", "rationale"]),
+        CATALYST_REJECTED: (schemas.REJECTED, ["source", "reason", "raw"]),
+        BASE_MODEL: ({**schemas.CHECKPOINTS, **schemas.BASE_MODEL_EXTRA}, ["checkpoint_id", "path"]),
+    }
+    for t in range(cfg.experiment.iterations + 1):
+        contracts[key(t, "training_examples")] = (schemas.TRAINING_EXAMPLES, ["example_id", "task", "prompt", "completion"])
+        contracts[key(t, "checkpoint")] = (schemas.CHECKPOINTS, ["checkpoint_id", "path", "trained_on", "base_model"])
+        if t >= 1:
+            contracts[key(t, "candidates")] = (schemas.CANDIDATES, ["candidate_id", "example_id", "parent_id", "checkpoint_id"])
+            contracts[key(t, "scores")] = (schemas.SCORES, ["candidate_id", "example_id", "role"])
+            contracts[key(t, "selected")] = (schemas.SELECTED, ["example_id", "candidate_id", "selector"])
+    if cfg.eval.enabled:
+        contracts[QUESTIONS] = (schemas.QUESTIONS, ["benchmark", "question_id", "answer"])
+        contracts[SUMMARY] = (schemas.EVAL_SUMMARY, ["checkpoint_id", "benchmark"])
+        contracts[SCALING] = (schemas.EVAL_SCALING, ["checkpoint_id", "benchmark", "n_samples"])
+        for k in [BASE_EVAL] + [key(t, "eval") for t in range(cfg.experiment.iterations + 1)]:
+            contracts[k] = (schemas.EVALS, ["checkpoint_id", "question_id", "n_samples"])
+    return contracts
+
+
+def schema_problems(df: pl.DataFrame, schema: dict, keys: list[str]) -> list[str]:
+    problems = []
+    for column, dtype in schema.items():
+        if column not in df.columns:
+            problems.append(f"missing column {column}")
+        elif df.schema[column] != dtype:
+            problems.append(f"{column} is {df.schema[column]}, expected {dtype}")
+    for column in keys:
+        if column in df.columns and (nulls := df[column].null_count()):
+            problems.append(f"{nulls} null {column}")
+    return problems
+
+
+def _result(problems: list[str], severity=ERROR, **metadata) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=severity,
+        description="; ".join(problems[:10]) if problems else None,
+        metadata={"problems": len(problems), **metadata},
+    )
+
+
+def _check(
+    asset: dg.AssetKey, name: str, description: str, fn: Callable[..., dg.AssetCheckResult], blocking: bool = True, deps=()
+) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset, name=name, description=description, blocking=blocking, additional_deps=list(deps))
+    def check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        return fn(context, warehouse)
+
+    return check
+
+
+def build_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition]:
+    checks = []
+    for asset, (schema, keys) in table_contracts(cfg).items():
+        checks.append(
+            _check(
+                asset,
+                "schema",
+                f"Columns and types match the contract; no null in {', '.join(keys)}.",
+                lambda ctx, wh, asset=asset, schema=schema, keys=keys: _result(
+                    schema_problems(wh.read(asset.path), schema, keys), rows=wh.read(asset.path).height
+                ),
+            )
+        )
+    checks += _nothing_lost_checks(cfg)
+    checks += _trend_checks(cfg)
+    if cfg.eval.enabled:
+        checks += _decontamination_checks(cfg)
+    return checks
+
+
+# ------------------------------------------------------------------------------------------ nothing lost
+
+
+def _latest_metadata(context: dg.AssetCheckExecutionContext, asset: dg.AssetKey) -> dict:
+    event = context.instance.get_latest_materialization_event(asset)
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def _rows_accounted(table: dg.AssetKey, rejected: dg.AssetKey):
+    def fn(context, wh):
+        meta = _latest_metadata(context, table)
+        kept, dropped = wh.read(table.path).height, wh.read(rejected.path).height
+        problems = []
+        if meta.get("read") is not None and meta["read"] != kept + dropped:
+            problems.append(f"read {meta['read']} != kept {kept} + rejected {dropped}")
+        return _result(problems, read=meta.get("read", -1), kept=kept, rejected=dropped)
+
+    return fn
+
+
+def selected_problems(selected: pl.DataFrame, candidates: pl.DataFrame) -> list[str]:
+    joined = selected.join(candidates.select("candidate_id", pl.col("example_id").alias("c_example")), on="candidate_id", how="left")
+    problems = []
+    if missing := joined.filter(pl.col("c_example").is_null()).height:
+        problems.append(f"{missing} selected rows point at no candidate")
+    if mismatched := joined.filter(pl.col("c_example").is_not_null() & (pl.col("c_example") != pl.col("example_id"))).height:
+        problems.append(f"{mismatched} selected rows point at another example's candidate")
+    if (dupes := selected.height - selected["example_id"].n_unique()) > 0:
+        problems.append(f"{dupes} examples selected twice")
+    return problems
+
+
+def scores_problems(scores: pl.DataFrame, candidates: pl.DataFrame) -> list[str]:
+    scored = scores.filter(pl.col("role") == "candidate")
+    problems = []
+    if candidates.height != scored.height or set(candidates["candidate_id"]) != set(scored["candidate_id"]):
+        problems.append(f"{candidates.height} candidates but {scored.height} candidate score rows")
+    parents = set(scores.filter(pl.col("role") == "parent")["example_id"])
+    if missing := set(candidates["example_id"]) - parents:
+        problems.append(f"{len(missing)} expanded examples have no parent score")
+    return problems
+
+
+def candidates_problems(candidates: pl.DataFrame, examples: int) -> list[str]:
+    per_example = candidates.group_by("example_id").len()
+    problems = []
+    if per_example.height != examples:
+        problems.append(f"{examples} examples expanded but {per_example.height} have candidates")
+    if per_example.height and per_example["len"].n_unique() != 1:
+        problems.append("examples have different numbers of candidates")
+    return problems
+
+
+def _nothing_lost_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition]:
+    checks = [
+        _check(INSTRUCTIONS, "rows_accounted", "Rows read = rows kept + rows rejected (with reasons).",
+               _rows_accounted(INSTRUCTIONS, INSTRUCTIONS_REJECTED), deps=[INSTRUCTIONS_REJECTED]),
+        _check(CATALYST, "rows_accounted", "Rows read = rows kept + rows rejected (with reasons).",
+               _rows_accounted(CATALYST, CATALYST_REJECTED), deps=[CATALYST_REJECTED]),
+    ]
+    for t in range(1, cfg.experiment.iterations + 1):
+        cand, scores, sel, train = key(t, "candidates"), key(t, "scores"), key(t, "selected"), key(t, "training_examples")
+        prev_train = key(t - 1, "training_examples")
+        checks += [
+            _check(cand, "complete", "Every expanded example has the same number of candidates.",
+                   lambda ctx, wh, cand=cand: _result(candidates_problems(
+                       wh.read(cand.path), _latest_metadata(ctx, cand).get("examples", wh.read(cand.path)["example_id"].n_unique())))),
+            _check(scores, "complete", "Every candidate has one score row; every expanded example has its parent's.",
+                   lambda ctx, wh, s=scores, c=cand: _result(scores_problems(wh.read(s.path), wh.read(c.path))), deps=[cand]),
+            _check(sel, "references_candidates", "Every selected row references an existing candidate of the same example, one per example.",
+                   lambda ctx, wh, s=sel, c=cand: _result(selected_problems(wh.read(s.path), wh.read(c.path))), deps=[cand]),
+            _check(train, "same_examples", "The training set keeps every example of the previous one.",
+                   lambda ctx, wh, a=train, b=prev_train: _result(_same_examples(wh.read(a.path), wh.read(b.path))), deps=[prev_train]),
+        ]
+    return checks
+
+
+def _same_examples(current: pl.DataFrame, previous: pl.DataFrame) -> list[str]:
+    a, b = set(zip(current["task"], current["example_id"])), set(zip(previous["task"], previous["example_id"]))
+    return [f"{len(b - a)} examples lost, {len(a - b)} appeared"] if a != b else []
+
+
+# ------------------------------------------------------------------------------------------ trends
+
+
+def rationale_growth(selected: pl.DataFrame, scores: pl.DataFrame) -> tuple[list[str], float, float]:
+    """Mean tokens of the selected rationales vs of the parents they enriched."""
+    chosen = scores.filter(pl.col("role") == "candidate").join(selected.select("candidate_id"), on="candidate_id")
+    parents = scores.filter(pl.col("role") == "parent").join(selected.select("example_id"), on="example_id")
+    new, old = float(chosen["n_tokens"].mean() or 0.0), float(parents["n_tokens"].mean() or 0.0)
+    problems = [] if new > old or chosen.height == 0 else [f"selected rationales average {new:.1f} tokens, their parents {old:.1f}"]
+    return problems, new, old
+
+
+def accuracy_drops(current: pl.DataFrame, previous: pl.DataFrame, tolerance: float = ACCURACY_DROP_WARNING) -> list[str]:
+    def accuracy(df: pl.DataFrame) -> dict[str, float]:
+        first = df.filter(pl.col("n_samples") == pl.col("n_samples").min().over("benchmark"))
+        return dict(first.group_by("benchmark").agg(pl.col("correct").mean()).iter_rows())
+
+    now, before = accuracy(current), accuracy(previous)
+    return [
+        f"{b}: {before[b]:.3f} -> {now[b]:.3f}"
+        for b in sorted(now)
+        if b in before and now[b] < before[b] - tolerance
+    ]
+
+
+def _trend_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition]:
+    checks = []
+    for t in range(1, cfg.experiment.iterations + 1):
+        sel, scores = key(t, "selected"), key(t, "scores")
+
+        def growth(ctx, wh, sel=sel, scores=scores):
+            problems, new, old = rationale_growth(wh.read(sel.path), wh.read(scores.path))
+            return _result(problems, WARN, selected_mean_tokens=new, parent_mean_tokens=old)
+
+        checks.append(_check(sel, "rationale_growth", "Selected rationales are longer than the parents they enriched (SRLM's premise).",
+                             growth, blocking=False, deps=[scores]))
+    if cfg.eval.enabled:
+        evals = [BASE_EVAL] + [key(t, "eval") for t in range(cfg.experiment.iterations + 1)]
+        for previous, current in zip(evals, evals[1:]):
+            checks.append(
+                _check(current, "no_accuracy_regression",
+                       f"No benchmark loses more than {ACCURACY_DROP_WARNING:.0%} accuracy against {previous.to_user_string()}.",
+                       lambda ctx, wh, a=current, b=previous: _result(accuracy_drops(wh.read(a.path), wh.read(b.path)), WARN),
+                       blocking=False, deps=[previous])
+            )
+    return checks
+
+
+# ------------------------------------------------------------------------------------------ decontamination
+
+
+@lru_cache(maxsize=4)
+def _question_index(path: str, mtime: float, n: int) -> QuestionIndex:
+    questions = pl.read_parquet(path, columns=["question_id", "question"])
+    return QuestionIndex(questions.iter_rows(), n)
+
+
+def decontamination_result(texts: list[tuple[str, str]], index: QuestionIndex) -> dg.AssetCheckResult:
+    found = index.check(texts)
+    exact = [f for f in found if f.kind == "exact"]
+    examples = [f"{f.text_id} ~ {f.question_id} ({f.kind}: '{f.evidence[:80]}')" for f in (exact or found)[:5]]
+    return dg.AssetCheckResult(
+        passed=not found,
+        severity=ERROR if exact else WARN,
+        description=(f"{len(exact)} exact duplicates of evaluation questions; " if exact else "")
+        + (f"{len(found)} texts share a {index.n}-gram with an evaluation question" if found else "")
+        or None,
+        metadata={"texts": len(texts), "exact_duplicates": len(exact), "ngram_overlaps": len(found) - len(exact), "examples": examples},
+    )
+
+
+def _decontamination_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition]:
+    n = cfg.eval.decontamination_ngram
+
+    def index(wh: WarehouseResource) -> QuestionIndex:
+        path = wh.path(QUESTIONS.path)
+        return _question_index(str(path), path.stat().st_mtime, n)
+
+    def instructions(ctx, wh):
+        df = wh.read(INSTRUCTIONS.path)
+        texts = [(r["example_id"], f"{r['instruction']} {r['input']}") for r in df.iter_rows(named=True)]
+        texts += [(f"{r['example_id']}/output", r["output"]) for r in df.iter_rows(named=True)]
+        return decontamination_result(texts, index(wh))
+
+    def catalyst(ctx, wh):
+        df = wh.read(CATALYST.path)
+        texts = [(r["catalyst_id"], f"{r['instruction']} {r['input']}") for r in df.iter_rows(named=True)]
+        texts += [(f"{r['catalyst_id']}/rationale", r["rationale"]) for r in df.iter_rows(named=True)]
+        return decontamination_result(texts, index(wh))
+
+    description = (
+        f"Training text sharing a {n}-word sequence with an evaluation question is flagged (warning); "
+        "text equal to an evaluation question blocks the run."
+    )
+    checks = [
+        _check(INSTRUCTIONS, "decontamination", description, instructions, deps=[QUESTIONS]),
+        _check(CATALYST, "decontamination", description, catalyst, deps=[QUESTIONS]),
+    ]
+    for t in range(1, cfg.experiment.iterations + 1):
+        sel, cand = key(t, "selected"), key(t, "candidates")
+
+        def rationales(ctx, wh, sel=sel, cand=cand):
+            df = wh.read(sel.path).join(wh.read(cand.path).select("candidate_id", "text"), on="candidate_id")
+            return decontamination_result(list(zip(df["candidate_id"], df["text"])), index(wh))
+
+        checks.append(_check(sel, "decontamination", description, rationales, deps=[QUESTIONS, cand]))
+    return checks

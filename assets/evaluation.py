@@ -1,0 +1,197 @@
+"""Evaluation assets: the benchmark questions, an evaluation of the base model and of every checkpoint,
+and the SQL summaries (accuracy per checkpoint x benchmark; accuracy vs number of voted samples)."""
+
+import hashlib
+from typing import Optional
+
+import dagster as dg
+import polars as pl
+from pydantic import Field, create_model
+
+from assets import schemas
+from assets.data import BASE_MODEL
+from assets.iteration import key
+from assets.tables import code_version, frame, table_output
+from resources import GenerationResource, WarehouseResource
+from srlm import answer_extraction, benchmarks
+from srlm.benchmarks import Question, read_benchmark, sample_questions
+from srlm.config import ExperimentConfig
+from srlm.evaluation import EvalSettings, evaluate
+from srlm.sqlfiles import run_sql, sql_version
+
+QUESTIONS = dg.AssetKey(["eval", "questions"])
+BASE_EVAL = dg.AssetKey(["eval", "base_model"])
+SUMMARY = dg.AssetKey(["eval", "summary"])
+SCALING = dg.AssetKey(["eval", "scaling"])
+
+
+def _source_version(*modules) -> str:
+    """The evaluation recipe lives in code (prompt builders, extraction rules): hash their source."""
+    return hashlib.sha256(b"".join(open(m.__file__, "rb").read() for m in modules)).hexdigest()[:12]
+
+
+EVAL_RECIPE = _source_version(benchmarks, answer_extraction)
+
+
+def questions_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
+    """Launchpad knobs of eval/questions: how many questions of each benchmark are evaluated."""
+    fields = {
+        f"{name}_limit": (Optional[int], Field(default=b.limit, ge=1, description=f"{name}: questions evaluated (empty = all)"))
+        for name, b in cfg.eval.enabled.items()
+    }
+    return create_model("QuestionsConfig", __base__=dg.Config, **fields)
+
+
+def eval_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
+    """Launchpad knobs of every evaluation: the N of inference-time scaling and the sampling temperature."""
+    e = cfg.eval
+    return create_model(
+        "EvalConfig",
+        __base__=dg.Config,
+        samples=(list[int], Field(default=list(e.samples), min_length=1, description="N values: majority vote over N sampled answers")),
+        temperature=(float, Field(default=e.temperature, ge=0, le=10, description="sampling temperature of the generate protocol")),
+    )
+
+
+def to_question(row: dict) -> Question:
+    return Question(
+        benchmark=row["benchmark"],
+        question_id=row["question_id"],
+        subset=row["subset"],
+        question=row["question"],
+        choices=tuple(row["choices"]),
+        labels=tuple(row["labels"]),
+        answer=row["answer"],
+        gold_index=row["gold_index"],
+    )
+
+
+def build_evaluation_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
+    if not cfg.eval.enabled:
+        return []
+    QuestionsConfig = questions_config_class(cfg)
+    benchmarks_text = ", ".join(cfg.eval.enabled)
+
+    @dg.asset(
+        key=QUESTIONS,
+        group_name="eval",
+        kinds={"polars", "parquet"},
+        description=(
+            f"Every question of the evaluation benchmarks ({benchmarks_text}) from the offline kit; "
+            "`sampled` marks the ones evaluated (the per-benchmark limit, seeded, stratified by subject/task)."
+        ),
+        code_version=code_version(cfg.section_hash("eval"), EVAL_RECIPE),
+    )
+    def questions(context: dg.AssetExecutionContext, config: QuestionsConfig):  # type: ignore[valid-type]
+        rows = []
+        for name, bench in cfg.eval.enabled.items():
+            all_questions = read_benchmark(name, cfg.eval.data)
+            limit = getattr(config, f"{name}_limit")
+            chosen = {q.question_id for q in sample_questions(all_questions, limit, cfg.eval.seed)}
+            context.log.info(f"{name}: {len(all_questions)} questions, {len(chosen)} evaluated ({bench.protocol})")
+            rows += [
+                {
+                    "benchmark": q.benchmark,
+                    "question_id": q.question_id,
+                    "subset": q.subset,
+                    "question": q.question,
+                    "choices": list(q.choices),
+                    "labels": list(q.labels),
+                    "answer": q.answer,
+                    "gold_index": q.gold_index,
+                    "protocol": bench.protocol,
+                    "sampled": q.question_id in chosen,
+                }
+                for q in all_questions
+            ]
+        df = frame(rows, schemas.QUESTIONS)
+        counts = df.group_by("benchmark").agg(pl.len(), pl.col("sampled").sum()).sort("benchmark")
+        meta = {f"{r['benchmark']}": f"{r['sampled']} of {r['len']}" for r in counts.iter_rows(named=True)}
+        return table_output(df, meta)
+
+    assets = [questions, _evaluation(cfg, BASE_EVAL, BASE_MODEL, None, "the base model", "eval")]
+    for t in range(cfg.experiment.iterations + 1):
+        assets.append(_evaluation(cfg, key(t, "eval"), BASE_MODEL, key(t, "checkpoint"), f"M{t}", f"iter_{t}"))
+    eval_keys = [BASE_EVAL] + [key(t, "eval") for t in range(cfg.experiment.iterations + 1)]
+    assets += [_sql_summary(SUMMARY, "eval_summary", eval_keys), _sql_summary(SCALING, "eval_scaling", eval_keys)]
+    return assets
+
+
+def _evaluation(
+    cfg: ExperimentConfig, asset_key: dg.AssetKey, base_key: dg.AssetKey, checkpoint_key: dg.AssetKey | None, who: str, group: str
+) -> dg.AssetsDefinition:
+    EvalConfig = eval_config_class(cfg)
+    protocols = {name: b.protocol for name, b in cfg.eval.enabled.items()}
+    ins = {"questions": dg.AssetIn(QUESTIONS), "base": dg.AssetIn(base_key)}
+    if checkpoint_key is not None:
+        ins["checkpoint"] = dg.AssetIn(checkpoint_key)
+
+    def run(context, config, generation: GenerationResource, questions: pl.DataFrame, base: pl.DataFrame, checkpoint):
+        model = checkpoint if checkpoint is not None else base
+        sampled = questions.filter(pl.col("sampled"))
+        by_benchmark = {
+            name: [to_question(r) for r in sampled.filter(pl.col("benchmark") == name).iter_rows(named=True)]
+            for name in protocols
+        }
+        settings = EvalSettings(
+            samples=tuple(sorted(set(config.samples))),
+            temperature=config.temperature,
+            top_p=cfg.eval.top_p,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            seed=cfg.eval.seed,
+        )
+        engine = generation.engine(base["path"][0])
+        adapter = checkpoint["path"][0] if checkpoint is not None else None
+        rows = evaluate(by_benchmark, protocols, engine, adapter, settings, log=context.log.info)
+        ident = {"checkpoint_id": model["checkpoint_id"][0], "iteration": int(model["iteration"][0])}
+        df = frame(({**ident, **r} for r in rows), schemas.EVALS)
+        first = df.filter(pl.col("n_samples") == pl.col("n_samples").min().over("benchmark"))
+        accuracy = first.group_by("benchmark").agg(pl.col("correct").mean()).sort("benchmark")
+        meta = {f"accuracy/{r['benchmark']}": float(r["correct"]) for r in accuracy.iter_rows(named=True)}
+        return table_output(df, {"checkpoint_id": ident["checkpoint_id"], **meta})
+
+    # Dagster reads an asset's inputs and config from its signature, so both variants are spelled out.
+    if checkpoint_key is None:
+
+        def evaluation(context: dg.AssetExecutionContext, config: EvalConfig, generation: GenerationResource, questions: pl.DataFrame, base: pl.DataFrame):  # type: ignore[valid-type]
+            return run(context, config, generation, questions, base, None)
+
+    else:
+
+        def evaluation(context: dg.AssetExecutionContext, config: EvalConfig, generation: GenerationResource, questions: pl.DataFrame, base: pl.DataFrame, checkpoint: pl.DataFrame):  # type: ignore[valid-type]
+            return run(context, config, generation, questions, base, checkpoint)
+
+    return dg.asset(
+        key=asset_key,
+        ins=ins,
+        group_name=group,
+        kinds={"pytorch", "polars", "parquet"},
+        description=(
+            f"{who} on the sampled benchmark questions: one row per question and number of voted samples N "
+            "(prediction, correct; generate protocol: majority vote over the first N sampled answers)."
+        ),
+        code_version=code_version(cfg.section_hash("eval"), EVAL_RECIPE),
+    )(evaluation)
+
+
+def _sql_summary(asset_key: dg.AssetKey, query: str, eval_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
+    descriptions = {
+        "eval_summary": "Accuracy per checkpoint x benchmark (at N=1 and at the largest N), with the change against "
+        "the previous iteration and against the base model (sql/eval_summary.sql).",
+        "eval_scaling": "Inference-time scaling: accuracy of the majority vote vs the number of sampled answers N, "
+        "per checkpoint x benchmark (sql/eval_scaling.sql).",
+    }
+
+    @dg.asset(
+        key=asset_key,
+        deps=eval_keys,
+        group_name="eval",
+        kinds={"duckdb", "sql", "parquet"},
+        description=descriptions[query],
+        code_version=sql_version(query),
+    )
+    def summary(warehouse: WarehouseResource):
+        evals = pl.concat([warehouse.read(k.path) for k in eval_keys], how="diagonal_relaxed")
+        return table_output(pl.from_arrow(run_sql(query, {"evals": evals.to_arrow()})))
+
+    return summary

@@ -1,0 +1,116 @@
+"""Evaluating one model (base or base + LoRA adapter) on benchmark questions, by either protocol.
+
+- generate:      zero-shot chat prompt; the model writes <think>reasoning</think> and an answer; the answer
+                 is extracted by srlm.answer_extraction's documented rules. max(N) answers are sampled once
+                 per question; the vote for each N uses the first N of them (srlm.voting).
+- loglikelihood: multiple choice: the choice whose continuation has the highest total log-probability
+                 (lm-evaluation-harness's "acc"); deterministic, so only N = 1.
+
+Rows: one per question and N, with the columns of the `evals` view (DESIGN.md 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from srlm.answer_extraction import extract_answer, is_correct
+from srlm.benchmarks import Question, generation_messages, loglikelihood_requests
+from srlm.engines.types import SamplingParams
+from srlm.voting import majority_vote
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    samples: tuple[int, ...]  # the N of inference-time scaling
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+
+def evaluate_generate(
+    questions: Sequence[Question], engine, adapter: str | None, settings: EvalSettings
+) -> list[dict]:
+    if not questions:
+        return []
+    params = SamplingParams(
+        n=max(settings.samples),
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens,
+        seed=settings.seed,
+    )
+    outputs = engine.generate([generation_messages(q) for q in questions], params, adapter=adapter)
+    rows = []
+    for q, out in zip(questions, outputs, strict=True):
+        predictions = [extract_answer(q, c.text) for c in out.completions]
+        for n in sorted(settings.samples):
+            vote = majority_vote(predictions[:n])
+            rows.append(
+                {
+                    "benchmark": q.benchmark,
+                    "question_id": q.question_id,
+                    "protocol": "generate",
+                    "n_samples": n,
+                    "prediction": vote,
+                    "correct": is_correct(q, vote),
+                    "gold": q.answer,
+                    "completion": out.completions[0].text,
+                    "sample_predictions": predictions[:n],
+                    "choice_logprobs": None,
+                }
+            )
+    return rows
+
+
+def evaluate_loglikelihood(questions: Sequence[Question], engine, adapter: str | None) -> list[dict]:
+    requests, spans = [], []
+    for q in questions:
+        reqs = loglikelihood_requests(q)
+        spans.append((len(requests), len(reqs)))
+        requests += reqs
+    logps = engine.logprobs(requests, adapter=adapter) if requests else []
+    rows = []
+    for q, (start, count) in zip(questions, spans):
+        totals = [lp.total for lp in logps[start : start + count]]
+        best = max(range(count), key=totals.__getitem__)  # first index wins ties
+        prediction = q.labels[best]
+        rows.append(
+            {
+                "benchmark": q.benchmark,
+                "question_id": q.question_id,
+                "protocol": "loglikelihood",
+                "n_samples": 1,
+                "prediction": prediction,
+                "correct": best == q.gold_index,
+                "gold": q.answer,
+                "completion": q.choices[best],
+                "sample_predictions": [prediction],
+                "choice_logprobs": totals,
+            }
+        )
+    return rows
+
+
+def evaluate(
+    questions_by_benchmark: dict[str, Sequence[Question]],
+    protocols: dict[str, str],
+    engine,
+    adapter: str | None,
+    settings: EvalSettings,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[dict]:
+    rows = []
+    for benchmark, questions in questions_by_benchmark.items():
+        protocol = protocols[benchmark]
+        if protocol == "generate":
+            part = evaluate_generate(questions, engine, adapter, settings)
+        else:
+            part = evaluate_loglikelihood(questions, engine, adapter)
+        smallest_n = min(settings.samples) if protocol == "generate" else 1
+        at_one = [r for r in part if r["n_samples"] == smallest_n]
+        accuracy = sum(r["correct"] for r in at_one) / len(at_one) if at_one else 0.0
+        log(f"{benchmark} ({protocol}): {len(questions)} questions, accuracy {accuracy:.3f}")
+        rows += part
+    return rows

@@ -1,0 +1,97 @@
+"""vLLM engine: GPU tests run only where vLLM imports and CUDA is available; one CPU test everywhere."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def test_importing_the_module_does_not_import_vllm():
+    code = (
+        "import sys, srlm.engines.vllm_engine as m; "
+        "assert 'vllm' not in sys.modules, 'vllm was imported'; "
+        "assert m.VLLMEngineConfig().enable_lora"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_vllm_gives_an_install_hint(monkeypatch):
+    import srlm.engines.vllm_engine as m
+    from tiny_model import tiny_model_dir
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
+    with pytest.raises(ImportError, match=r"\.\[gpu\]"):
+        m.VLLMEngine(tiny_model_dir())
+
+
+def _gpu_ready() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def engines():
+    pytest.importorskip("vllm")
+    if not _gpu_ready():
+        pytest.skip("needs CUDA")
+    from tiny_model import tiny_model_dir
+
+    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from srlm.engines.vllm_engine import VLLMEngine, VLLMEngineConfig
+
+    path = tiny_model_dir()
+    v = VLLMEngine(path, VLLMEngineConfig(dtype="float32", gpu_memory_utilization=0.3, max_lora_rank=16))
+    t = TransformersEngine(path, TransformersEngineConfig(device="cuda", dtype="float32"))
+    return v, t
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA")
+def test_vllm_generate_shapes_seeds_and_greedy(engines):
+    from tiny_model import tiny_chats
+
+    from srlm.engines.types import SamplingParams
+
+    v, t = engines
+    prompts = [c[:1] for c in tiny_chats(4, seed=3)]
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=16, seed=5)
+    a, b = v.generate(prompts, params), v.generate(prompts, params)
+    assert a == b
+    assert [o.prompt_index for o in a] == [0, 1, 2, 3] and all(len(o.completions) == 3 for o in a)
+    short = v.generate(prompts, SamplingParams(temperature=0, max_new_tokens=2))
+    assert all(c.finish_reason == "length" and c.n_tokens == 2 for o in short for c in o.completions)
+    greedy_v = v.generate(prompts, SamplingParams(temperature=0, max_new_tokens=12))
+    greedy_t = t.generate(prompts, SamplingParams(temperature=0, max_new_tokens=12))
+    same = sum(x.completions[0].text == y.completions[0].text for x, y in zip(greedy_v, greedy_t))
+    assert same >= 3  # float32 on both sides: greedy decodes agree (rare near-ties aside)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA")
+def test_vllm_logprobs_match_transformers(engines):
+    from tiny_model import tiny_chats
+
+    v, t = engines
+    requests = [(t.render_chat(c[:1]), c[1]["content"]) for c in tiny_chats(5, seed=4)]
+    for a, b in zip(v.logprobs(requests), t.logprobs(requests)):
+        assert a.n_tokens == b.n_tokens
+        assert a.total == pytest.approx(b.total, abs=1e-2 * max(1, b.n_tokens))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA")
+def test_vllm_adapter(engines):
+    from tiny_model import tiny_adapter_dir, tiny_chats
+
+    from srlm.engines.types import SamplingParams
+
+    v, _ = engines
+    prompts = [c[:1] for c in tiny_chats(3, seed=3)]
+    params = SamplingParams(temperature=0, max_new_tokens=8)
+    base = v.generate(prompts, params)
+    tuned = v.generate(prompts, params, adapter=str(tiny_adapter_dir()))
+    assert [o.completions[0].text for o in tuned] != [o.completions[0].text for o in base]
+    assert v.generate(prompts, params) == base
