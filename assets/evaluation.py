@@ -13,7 +13,7 @@ from assets.data import BASE_MODEL
 from assets.iteration import key
 from assets.tables import code_version, frame, table_output
 from resources import GenerationResource, WarehouseResource
-from srlm import answer_extraction, benchmarks
+from srlm import answer_extraction, benchmarks, plots
 from srlm.benchmarks import Question, read_benchmark, sample_questions
 from srlm.config import ExperimentConfig
 from srlm.evaluation import EvalSettings, evaluate
@@ -174,6 +174,12 @@ def _evaluation(
     )(evaluation)
 
 
+PLOTS = {
+    "eval_summary": ("accuracy by checkpoint and benchmark", plots.accuracy_by_iteration),
+    "eval_scaling": ("accuracy vs number of samples", plots.accuracy_vs_samples),
+}
+
+
 def _sql_summary(asset_key: dg.AssetKey, query: str, eval_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
     descriptions = {
         "eval_summary": "Accuracy per checkpoint x benchmark (at N=1 and at the largest N), with the change against "
@@ -192,6 +198,8 @@ def _sql_summary(asset_key: dg.AssetKey, query: str, eval_keys: list[dg.AssetKey
     )
     def summary(warehouse: WarehouseResource):
         evals = pl.concat([warehouse.read(k.path) for k in eval_keys], how="diagonal_relaxed")
-        return table_output(pl.from_arrow(run_sql(query, {"evals": evals.to_arrow()})))
+        df = pl.from_arrow(run_sql(query, {"evals": evals.to_arrow()}))
+        title, plot = PLOTS[query]
+        return table_output(df, {"plot": dg.MetadataValue.md(plots.markdown_image(plot(df), title))})
 
     return summary

@@ -22,7 +22,7 @@ from assets import schemas
 from assets.data import BASE_MODEL, CATALYST, INSTRUCTIONS
 from assets.tables import code_version, fingerprint, frame, table_output
 from resources import GenerationResource, TrainingResource
-from srlm import prompts
+from srlm import plots, prompts
 from srlm.checkpoints import checkpoint_id_for, commit_dir
 from srlm.config import SELECTORS, ExperimentConfig
 from srlm.engines.types import SamplingParams
@@ -174,7 +174,13 @@ def _training_examples(t: int) -> dg.AssetsDefinition:
                 row["completion"] = prompts.answer_completion(row["rationale"], row["response"])
             rows.append(row)
         df = frame(rows, schemas.TRAINING_EXAMPLES)
-        return table_output(df, {**_training_metadata(df), "rationales_replaced": len(new_rationale)})
+        lengths = plots.rationale_lengths(pl.concat([previous_examples, df], how="diagonal_relaxed"))
+        meta = {
+            **_training_metadata(df),
+            "rationales_replaced": len(new_rationale),
+            "rationale_lengths": dg.MetadataValue.md(plots.markdown_image(lengths, "rationale length by iteration")),
+        }
+        return table_output(df, meta)
 
     return training_examples
 
@@ -361,6 +367,7 @@ def _scores(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             "mean_length": float(finite_length["length"].mean() or 0.0),
             "mean_likelihood_gain": float(cands["likelihood"].mean() or 0.0),
             "mean_consistency": float(cands["consistency"].mean() or 0.0),
+            "score_distributions": dg.MetadataValue.md(plots.markdown_image(plots.score_distributions(df), "selector scores")),
         }
         return table_output(df, meta)
 

@@ -46,7 +46,8 @@ def build_model_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
             f"The base model ({source}); one row: checkpoint_id, path (a Hugging Face model directory), size. "
             "Every checkpoint is a LoRA adapter on top of it."
         ),
-        code_version=code_version(cfg.section_hash("model"), prompts.TEMPLATE_VERSION),
+        # the bootstrap corpus holds answers in the think format; the enrich templates do not reach the base model
+        code_version=code_version(cfg.section_hash("model"), prompts.THINK_OPEN, prompts.THINK_CLOSE),
     )
     def base(context: dg.AssetExecutionContext, generation: GenerationResource):
         if cfg.model.is_bootstrap:

@@ -167,6 +167,20 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from srlm.report import build_report
+
+    try:
+        home = _home_for_sql(args.config)
+        page = build_report(home, args.out)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except FileNotFoundError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    print(f"srlm: report written to {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srlm", description="Self-Reasoning Language Models as a Dagster dataflow.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--max-width", type=int, default=60, help="longest cell shown in table format")
     sql.add_argument("--config", help="experiment YAML (to find its home)")
     sql.set_defaults(func=cmd_sql)
+
+    report = sub.add_parser("report", help="write a static HTML page with the experiment's tables and plots")
+    report.add_argument("--config", help="experiment YAML (to find its home)")
+    report.add_argument("--out", help="output folder (default: $SRLM_HOME/report)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

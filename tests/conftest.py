@@ -1,5 +1,8 @@
-"""Shared test fixtures: micro experiment configs in temporary homes."""
+"""Shared test fixtures: micro experiment configs in temporary homes, and one real micro run."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,29 @@ import yaml
 from srlm.paths import CONFIG_DIR, REPO_ROOT
 
 FIXTURE_KIT = REPO_ROOT / "tests" / "fixtures" / "kit"
+
+
+def write_micro_config(directory: Path) -> tuple[Path, Path]:
+    """configs/micro.yaml with absolute kit and home paths, in `directory`; returns (config, home)."""
+    data = yaml.safe_load((CONFIG_DIR / "micro.yaml").read_text())
+    home = directory / "home"
+    data["paths"] = {"data_kit": str(FIXTURE_KIT), "home": str(home)}
+    config = directory / "micro.yaml"
+    config.write_text(yaml.safe_dump(data))
+    return config, home
+
+
+def run_micro_experiment(directory: Path) -> tuple[Path, Path]:
+    """`srlm run` of the micro config through the CLI (a real materialization); returns (config, home)."""
+    config, home = write_micro_config(directory)
+    env = {k: v for k, v in os.environ.items() if k not in ("SRLM_CONFIG", "SRLM_HOME", "DAGSTER_HOME")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "srlm.cli", "run", "--config", str(config)],
+        cwd=directory, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout
+    return config, home
 
 
 @pytest.fixture

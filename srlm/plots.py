@@ -1,0 +1,107 @@
+"""The experiment's pictures as PNG bytes (matplotlib, no display needed): the assets attach them to their
+metadata and `srlm report` gathers them into one HTML page.
+
+Each function takes a small polars frame with the columns it names and returns PNG bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+
+SELECTORS = ("length", "likelihood", "consistency")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    """Markdown that shows the picture inline (Dagster renders data URIs in markdown metadata)."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def iteration_label(iteration: int) -> str:
+    return "base" if iteration < 0 else f"M{iteration}"
+
+
+def rationale_words(examples: pl.DataFrame) -> pl.DataFrame:
+    """Rationale length in words of the answering examples. Columns in: iteration, task, rationale."""
+    words = pl.col("rationale").fill_null("").str.strip_chars().str.split(" ").list.eval(pl.element().filter(pl.element() != "")).list.len()
+    return examples.filter(pl.col("task") == "answer").select("iteration", words.alias("n_words"))
+
+
+def rationale_lengths(examples: pl.DataFrame) -> bytes:
+    """Distribution of rationale length (words) per iteration. Columns: iteration, task, rationale."""
+    df = rationale_words(examples)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    iterations = sorted(df["iteration"].unique().to_list())
+    data = [df.filter(pl.col("iteration") == t)["n_words"].to_list() or [0] for t in iterations]
+    ax.boxplot(data, tick_labels=[f"iter_{t}" for t in iterations], showmeans=True)
+    ax.set_ylabel("rationale length (words)")
+    ax.set_title("Rationale length by iteration (answering examples)")
+    return _png(fig)
+
+
+def score_distributions(scores: pl.DataFrame) -> bytes:
+    """Histogram of each selector's score, candidates vs the parent rationales they enrich.
+    Columns: role, length, likelihood, consistency (non-finite scores are left out and counted)."""
+    fig, axes = plt.subplots(1, len(SELECTORS), figsize=(10, 3))
+    for ax, selector in zip(axes, SELECTORS):
+        for role, colour in (("candidate", "tab:blue"), ("parent", "tab:orange")):
+            values = scores.filter(pl.col("role") == role)[selector]
+            finite = values.filter(values.is_finite())
+            if finite.len():
+                ax.hist(finite.to_list(), bins=20, alpha=0.6, color=colour, label=f"{role} ({finite.len()})")
+            dropped = values.len() - finite.len()
+            if dropped:
+                ax.text(0.02, 0.92 if role == "candidate" else 0.82, f"{role}: {dropped} non-finite",
+                        transform=ax.transAxes, fontsize=7)
+        ax.set_title(selector)
+        ax.legend(fontsize=7)
+    fig.suptitle("Selector scores", y=1.04)
+    return _png(fig)
+
+
+def accuracy_by_iteration(summary: pl.DataFrame) -> bytes:
+    """Accuracy per benchmark across checkpoints (base, M0, M1, ...). Columns: iteration, benchmark, accuracy."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for benchmark in sorted(summary["benchmark"].unique().to_list()):
+        part = summary.filter(pl.col("benchmark") == benchmark).sort("iteration")
+        ax.plot(part["iteration"].to_list(), part["accuracy"].to_list(), marker="o", label=benchmark)
+    ticks = sorted(summary["iteration"].unique().to_list())
+    ax.set_xticks(ticks, [iteration_label(t) for t in ticks])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (N = 1)")
+    ax.set_title("Accuracy by checkpoint and benchmark")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    return _png(fig)
+
+
+def accuracy_vs_samples(scaling: pl.DataFrame) -> bytes:
+    """Majority-vote accuracy vs the number of sampled answers N, one panel per benchmark, one line per
+    checkpoint. Columns: iteration, benchmark, n_samples, accuracy."""
+    benchmarks = sorted(scaling["benchmark"].unique().to_list()) or ["(none)"]
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(4 * len(benchmarks), 3), squeeze=False)
+    for ax, benchmark in zip(axes[0], benchmarks):
+        part = scaling.filter(pl.col("benchmark") == benchmark)
+        for t in sorted(part["iteration"].unique().to_list()):
+            line = part.filter(pl.col("iteration") == t).sort("n_samples")
+            ax.plot(line["n_samples"].to_list(), line["accuracy"].to_list(), marker="o", label=iteration_label(t))
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("samples N (majority vote)")
+        ax.set_title(benchmark)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("accuracy")
+    return _png(fig)
