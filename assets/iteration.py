@@ -383,7 +383,7 @@ def _selected(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
         group_name=f"iter_{t}",
         kinds={"duckdb", "sql", "parquet"},
         description=(
-            "Per example, the candidate the selector keeps (sql/select_<selector>.sql run by DuckDB): "
+            "Per example, the candidate the selector keeps (`sql/select_{selector}.sql`, run by DuckDB): "
             "best score, deterministic tie-breaks, optionally only if it beats its parent by a margin."
         ),
         code_version=code_version(selection_sql_version(), cfg.section_hash("select")),

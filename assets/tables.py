@@ -3,11 +3,16 @@
 
 import hashlib
 import io
+import warnings
 from typing import Any, Iterable, Mapping
 
 import dagster as dg
 import polars as pl
 import pyarrow as pa
+
+
+# Output(data_version=...) is marked beta; it is what makes checkpoints record the data they trained on
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*data_version.*")
 
 
 def frame(rows: Iterable[Mapping[str, Any]], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:

@@ -253,7 +253,10 @@ def pretrain(
         return out
 
     train_chunks = _pack(encode(train_docs), cfg.seq_len)
-    heldout_chunks = _pack(encode(heldout_docs), cfg.seq_len)
+    heldout_ids = encode(heldout_docs)
+    heldout_tokens = sum(len(ids) for ids in heldout_ids)
+    # a small held-out set still measures perplexity, in one shorter chunk
+    heldout_chunks = _pack(heldout_ids, min(cfg.seq_len, max(heldout_tokens - 1, 1)))
     if len(train_chunks) == 0:
         raise ValueError(f"the documents give fewer than seq_len + 1 = {cfg.seq_len + 1} training tokens")
     log(

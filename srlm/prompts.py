@@ -72,31 +72,31 @@ def think_block(rationale: str | None) -> str:
     return f"{THINK_OPEN}{rationale or ''}{THINK_CLOSE}"
 
 
-def enrich_messages(instruction: str, input_text: str | None, rationale: str | None, response: str) -> list[dict[str, str]]:
-    content = ENRICH_TEMPLATE.format(
+def _enrichment_messages(template: str, instruction: str, input_text: str | None, rationale: str | None, response: str) -> list[dict[str, str]]:
+    content = template.format(
         skills=", ".join(SKILLS),
         instruction=user_text(instruction, input_text),
         rationale=rationale or NO_RATIONALE,
         response=response,
     )
     return [{"role": "user", "content": content}]
+
+
+def enrich_messages(instruction: str, input_text: str | None, rationale: str | None, response: str) -> list[dict[str, str]]:
+    """The enriching task the model learns (catalyst) and performs (expansion)."""
+    return _enrichment_messages(ENRICH_TEMPLATE, instruction, input_text, rationale, response)
 
 
 def teacher_messages(instruction: str, input_text: str | None, rationale: str | None, response: str) -> list[dict[str, str]]:
-    content = TEACHER_TEMPLATE.format(
-        skills=", ".join(SKILLS),
-        instruction=user_text(instruction, input_text),
-        rationale=rationale or NO_RATIONALE,
-        response=response,
-    )
-    return [{"role": "user", "content": content}]
+    """The meta-reasoning prompt sent to a teacher model that builds the catalyst."""
+    return _enrichment_messages(TEACHER_TEMPLATE, instruction, input_text, rationale, response)
 
 
 def strip_think(text: str) -> str:
     """A generated rationale sometimes repeats the think tags; keep the text between them."""
     text = text.strip()
-    if text.startswith(THINK_OPEN):
-        text = text[len(THINK_OPEN):]
+    while text.startswith(THINK_OPEN):  # weak models repeat the opening tag
+        text = text[len(THINK_OPEN):].lstrip()
     if THINK_CLOSE in text:
         text = text.split(THINK_CLOSE, 1)[0]
     return text.strip()

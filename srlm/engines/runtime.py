@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import transformers
+
+# weight-loading progress bars would flood the run logs (one per model or adapter load)
+transformers.utils.logging.disable_progress_bar()
 
 # tokenizer.model_max_length above this is transformers' "no limit" placeholder (1e30), not a real length
 _SANE_TOKENIZER_MAX = 10_000_000

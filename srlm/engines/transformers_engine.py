@@ -55,6 +55,13 @@ def sequence_seed(seed: int, token_ids: Sequence[int], sample_index: int) -> int
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def count_tokens(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text as scoring sees it (no special tokens added)."""
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
 def render_chat(tokenizer, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
     """A chat rendered with the tokenizer's chat template."""
     if not getattr(tokenizer, "chat_template", None):
@@ -188,10 +195,7 @@ class TransformersEngine:
         return render_chat(self.tokenizer, messages, add_generation_prompt)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens of each text as scoring sees it (no special tokens added)."""
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return count_tokens(self.tokenizer, texts)
 
     def _collect_stop_ids(self) -> list[int]:
         ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from srlm.engines.runtime import ModelLoadError, check_causal_lm_dir, load_tokenizer, model_max_length
 from srlm.engines.transformers_engine import (
+    count_tokens,
     encode_pair,
     encode_prompt,
     render_chat,
@@ -106,9 +107,7 @@ class VLLMEngine:
         return render_chat(self.tokenizer, messages, add_generation_prompt)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return count_tokens(self.tokenizer, texts)
 
     def _lora(self, adapter: str | os.PathLike | None):
         if adapter is None:
