@@ -89,16 +89,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
         prepare_environment(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
-    dagster = shutil.which("dagster")
-    if dagster is None:
-        return _fail("the dagster command is not installed in this environment (pip install -e .)")
     # A non-interactive shell starts background jobs with SIGINT ignored; restore it so Ctrl-C and
     # `kill` stop the UI (STACK-NOTES).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
-    argv = [dagster, "dev", "-f", str(DEFINITIONS_FILE), "--working-directory", str(REPO_ROOT), "-h", args.host, "-p", str(args.port)]
+    # dagster from this interpreter, not whichever `dagster` PATH finds (the venv may not be activated)
+    argv = [sys.executable, "-m", "dagster", "dev", "-f", str(DEFINITIONS_FILE), "--working-directory", str(REPO_ROOT),
+            "-h", args.host, "-p", str(args.port)]
     print(f"srlm: Dagster UI on http://{args.host}:{args.port}", flush=True)
-    os.execv(dagster, argv)
+    os.execv(sys.executable, argv)
     return 0  # not reached
 
 
