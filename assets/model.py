@@ -90,7 +90,7 @@ def _bootstrap(context: dg.AssetExecutionContext, cfg: ExperimentConfig) -> tupl
 
     settings = cfg.model.bootstrap.model_dump(exclude={"corpus"})
     documents = corpus_documents(cfg)
-    context.log.info(f"bootstrap: {len(documents)} documents, budget {settings['max_seconds']} s")
+    context.log.info(f"bootstrap: {len(documents)} documents, budget {settings['max_seconds']:g} s or {settings['max_steps']} steps")
     # trained into a run folder, then committed under its content id (a budget in seconds makes two runs differ)
     staging = cfg.home / "models" / f"run-{context.run_id}"
     report = pretrain(documents, staging, BootstrapConfig(**settings, seed=cfg.experiment.seed), device=cfg.model.device, log=context.log.info)

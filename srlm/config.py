@@ -84,6 +84,7 @@ class Bootstrap(_Section):
     max_seconds: float = Field(gt=0)
     max_steps: int = Field(ge=1)
     heldout_fraction: float = Field(gt=0, lt=0.5)
+    mixed_precision: Literal["auto", "bf16", "no"]
 
     @model_validator(mode="after")
     def _shapes(self) -> "Bootstrap":

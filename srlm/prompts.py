@@ -93,10 +93,12 @@ def teacher_messages(instruction: str, input_text: str | None, rationale: str | 
 
 
 def strip_think(text: str) -> str:
-    """A generated rationale sometimes repeats the think tags; keep the text between them."""
+    """A generated rationale sometimes carries think tags of the answering format; keep the text between
+    them. Leading tags are dropped (weak models repeat the opening tag, or open with an empty think block
+    before the text), and the text ends at the next closing tag."""
     text = text.strip()
-    while text.startswith(THINK_OPEN):  # weak models repeat the opening tag
-        text = text[len(THINK_OPEN):].lstrip()
+    while text.startswith((THINK_OPEN, THINK_CLOSE)):
+        text = text[len(THINK_OPEN) if text.startswith(THINK_OPEN) else len(THINK_CLOSE):].lstrip()
     if THINK_CLOSE in text:
         text = text.split(THINK_CLOSE, 1)[0]
     return text.strip()

@@ -23,3 +23,4 @@ def test_strip_think_keeps_the_text_between_the_tags():
     assert prompts.strip_think("<think><think>repeated open") == "repeated open"
     assert prompts.strip_think("plain rationale") == "plain rationale"
     assert prompts.strip_think("<think></think>") == ""
+    assert prompts.strip_think("<think></think>\nsteps here</think>\n42") == "steps here"
