@@ -119,6 +119,17 @@ def test_candidates_page_shows_its_metadata(ui, page):
     screenshot(page, "candidates")
 
 
+def test_summary_page_shows_the_accuracy_plot(ui, page):
+    url, _ = ui
+    page.goto(f"{url}/assets/eval/summary")
+    row = page.locator("tr", has=page.get_by_text("plot", exact=True)).first
+    row.get_by_text("Show Markdown").click()  # Dagster shows markdown metadata in a dialog
+    plot = page.locator("img[src^='data:image/png']").first
+    plot.wait_for()
+    assert plot.evaluate("img => img.naturalWidth") > 100  # a real decoded picture, not a broken link
+    screenshot(page, "summary")
+
+
 def open_launchpad(page, url: str, asset: str):
     page.goto(f"{url}/assets/{asset}")
     page.get_by_text("Materialize", exact=True).first.wait_for()
