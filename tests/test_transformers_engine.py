@@ -159,3 +159,22 @@ def test_adapter_changes_outputs_and_none_returns_to_base(engine):
     # loaded once, reused
     engine.generate(prompts[:1], params, adapter=adapter)
     assert len(engine._adapters) == 1
+
+
+class _CharTokenizer:
+    """One id per character; like Llama's tokenizer it puts a bos (id 1) in front when asked."""
+
+    bos_token_id, eos_token_id = 1, 2
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([1] if add_special_tokens else []) + [ord(c) for c in text]}
+
+
+def test_encode_pair_adds_the_leading_bos_once():
+    from srlm.engines.transformers_engine import encode_pair
+
+    tok = _CharTokenizer()
+    assert encode_pair(tok, "Q: a ", "B") == ([1, ord("Q"), ord(":"), ord(" "), ord("a")], [ord(" "), ord("B")])
+    rendered = "\x01Q"  # a context whose text already starts with the bos token's id
+    assert encode_pair(tok, rendered, "x")[0] == [1, ord("Q")]
+    assert encode_pair(tok, "", "x") == ([1], [ord("x")])

@@ -81,7 +81,9 @@ def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Context tokens and continuation tokens, as lm-evaluation-harness splits them: trailing spaces of
     the context move to the continuation; the continuation is what follows the context's tokens in the
-    tokenization of the whole string. An empty context becomes the bos (else eos) token."""
+    tokenization of the whole string. The context gets the special tokens the tokenizer puts in front of
+    a text (Llama's bos, as the harness encodes it) unless it already starts with them (a rendered chat).
+    An empty context becomes the bos (else eos) token."""
     spaces = len(context) - len(context.rstrip(" "))
     if spaces:
         continuation = context[-spaces:] + continuation
@@ -89,7 +91,11 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
     cont = whole[len(ctx) :]
-    if not ctx:
+    if ctx:
+        lead = tokenizer("", add_special_tokens=True)["input_ids"]
+        if ctx[: len(lead)] != lead:
+            ctx = lead + ctx
+    else:
         ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
     return ctx, cont
 
