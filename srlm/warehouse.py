@@ -26,7 +26,8 @@ from srlm.paths import SQL_DIR
 
 CATALOG_FILE = "warehouse.duckdb"
 TABLES_DIR = "tables"
-READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+# Statement types `srlm sql` runs; an EXPLAIN runs only when the statement it explains is one of these.
+READ_ONLY_STATEMENTS = {"SELECT"}
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -131,20 +132,86 @@ def refresh_catalog(home: str | Path) -> list[str]:
     return created
 
 
-def check_read_only(query: str) -> None:
+def _parse(query: str) -> list[duckdb.Statement]:
     try:
-        statements = duckdb.extract_statements(query)
+        return duckdb.extract_statements(query)
     except duckdb.Error as exc:
         raise ReadOnlyViolation(f"cannot parse the query: {exc}") from None
+
+
+def _explained_readings(explain: str) -> list[str]:
+    """Every text the statement an EXPLAIN wraps may start with: after `EXPLAIN`, after `EXPLAIN ANALYZE`, and
+    after a `(option, ...)` list following either. A leading `(` is ambiguous (`EXPLAIN (FORMAT json) SELECT 1`
+    against `EXPLAIN (SELECT 1)`), so both readings are kept. Tokens come from DuckDB's own tokenizer, so
+    comments between the keywords cannot hide anything."""
+    text = explain.encode()  # the tokenizer's positions are UTF-8 byte offsets
+    tokens = duckdb.tokenize(explain)
+    ends = [pos for pos, _ in tokens[1:]] + [len(text)]
+    spans = [(pos, end) for (pos, kind), end in zip(tokens, ends) if kind != duckdb.token_type.comment]
+    words = [text[pos:end].decode().strip().upper() for pos, end in spans]
+    starts = [1, 2] if words[1:2] == ["ANALYZE"] else [1]
+    starts += [_after_group(words, start) for start in starts if words[start : start + 1] == ["("]]
+    return [text[spans[start][0]:].decode() for start in starts if start < len(spans)]
+
+
+def _after_group(words: list[str], opening: int) -> int:
+    """Index of the word after the parenthesis group opened at words[opening]."""
+    depth = 0
+    for index in range(opening, len(words)):
+        depth += {"(": 1, ")": -1}.get(words[index], 0)
+        if depth == 0:
+            return index + 1
+    return len(words)
+
+
+def _explained_kinds(explain: str) -> set[str]:
+    """Statement types of every reading of an EXPLAIN's statement that parses."""
+    kinds = set()
+    for text in _explained_readings(explain):
+        try:
+            statements = duckdb.extract_statements(text)
+        except duckdb.Error:
+            continue  # the explained statement does not start here
+        kinds.add(" + ".join(statement.type.name for statement in statements))
+    return kinds
+
+
+def _refusal(kind: str) -> ReadOnlyViolation:
+    return ReadOnlyViolation(
+        f"refused: srlm sql is read-only and this is a {kind} statement; only SELECT (and EXPLAIN of a SELECT) "
+        "queries run here. The warehouse is rebuilt from the assets: change data by materializing them."
+    )
+
+
+def _check_statement(statement: duckdb.Statement) -> None:
+    kind = statement.type.name
+    if kind == "EXPLAIN":
+        # EXPLAIN ANALYZE executes what it explains (a COPY ... TO writes its file): check that statement.
+        kinds = _explained_kinds(statement.query)
+        if not kinds or not kinds <= READ_ONLY_STATEMENTS:
+            raise _refusal(f"EXPLAIN of a {' or '.join(sorted(kinds)) or 'unreadable'}")
+        return
+    if kind not in READ_ONLY_STATEMENTS:
+        raise _refusal(kind)
+
+
+def check_read_only(query: str) -> None:
+    """Refuse anything but SELECT statements (every one of a `;`-separated list), by DuckDB's own parser."""
+    statements = _parse(query)
     if not statements:
         raise ReadOnlyViolation("the query is empty")
     for statement in statements:
-        kind = statement.type.name
-        if kind not in READ_ONLY_STATEMENTS:
-            raise ReadOnlyViolation(
-                f"refused: srlm sql is read-only and this is a {kind} statement; only SELECT (and EXPLAIN) "
-                "queries run here. The warehouse is rebuilt from the assets: change data by materializing them."
-            )
+        _check_statement(statement)
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+    """Second line of defence behind check_read_only: the catalog is opened read-only (no catalog writes),
+    and file access is limited to the Parquet tables, so nothing can write, read or install a file elsewhere."""
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute(f"SET allowed_directories = [{_sql_literal(str((home / TABLES_DIR).resolve()) + os.sep)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def query_read_only(home: str | Path, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -155,6 +222,7 @@ def query_read_only(home: str | Path, query: str) -> tuple[list[str], list[tuple
         raise FileNotFoundError(f"no warehouse yet at {catalog}: materialize some assets first (srlm run)")
     con = _connect(catalog, read_only=True)
     try:
+        _lock_down(con, Path(home))
         cursor = con.execute(query)
         columns = [d[0] for d in cursor.description] if cursor.description else []
         return columns, cursor.fetchall()

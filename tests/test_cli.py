@@ -41,6 +41,13 @@ def test_sql_refuses_writes(home, capsys):
     assert "read-only" in capsys.readouterr().err
 
 
+def test_sql_refuses_explain_analyze_of_a_write(home, tmp_path_factory, capsys):
+    out = tmp_path_factory.mktemp("out") / "x.csv"
+    assert main(["sql", f"EXPLAIN ANALYZE COPY (select 42) TO '{out}'"]) == 2
+    assert "EXPLAIN of a COPY statement" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_sql_reports_query_errors(home, capsys):
     assert main(["sql", "select * from nothing_here"]) == 1
     assert "query failed" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Parquet tables written atomically, the DuckDB catalog of views, and read-only SQL."""
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -81,6 +82,19 @@ def test_ancestry_walks_back_to_the_original_example(home):
     assert rows == [(0, "c3", 2, False), (1, "c1", 1, False), (2, "e1", None, True)]
 
 
+def test_selector_choices_union_view_spans_iterations_apart_from_selected(home):
+    def choices(iteration, selectors):
+        n = len(selectors)
+        return pa.table({"example_id": ["e1"] * n, "iteration": [iteration] * n, "candidate_id": [f"c{iteration}"] * n, "selector": selectors})
+
+    put(home, ("iter_1", "selector_choices"), choices(1, ["length", "likelihood", "consistency"]))
+    put(home, ("iter_2", "selector_choices"), choices(2, ["length"]))
+    put(home, ("iter_1", "selected"), choices(1, ["likelihood"]))
+    refresh_catalog(home)
+    _, rows = query_read_only(home, "select iteration, count(*) from selector_choices group by 1 order by 1")
+    assert rows == [(1, 3), (2, 1)]
+
+
 def test_refresh_picks_up_new_tables(home):
     put(home, ("iter_3", "candidates"), candidates(3, [("c4", "e1", "c3", "M2-c", "r1 longest")]))
     refresh_catalog(home)
@@ -98,6 +112,17 @@ def test_refresh_picks_up_new_tables(home):
         ("drop view candidates", "DROP"),
         ("select 1; delete from data.instructions", "DELETE"),
         ("set threads = 1", "SET"),
+        ("select 1 /* ; */; -- comment\n update data.instructions set instruction = 'z'", "UPDATE"),
+        ("pragma enable_profiling", "PRAGMA"),
+        ("install httpfs", "LOAD"),
+        ("load httpfs", "LOAD"),
+        ("export database 'dump'", "EXPORT"),
+        ("call checkpoint()", "CALL"),
+        ("create macro m() as 1", "CREATE"),
+        ("explain analyze copy (select 42) to 'out.csv'", "EXPLAIN of a COPY"),
+        ("EXPLAIN /* ; */ ANALYZE -- é\n (FORMAT json) COPY (select 42) TO 'out.csv'", "EXPLAIN of a COPY"),
+        ("explain (analyze) insert into data.instructions values ('e3', 'z')", "EXPLAIN of a INSERT"),
+        ("explain copy (select 42) to 'out.csv'", "EXPLAIN of a COPY"),
     ],
 )
 def test_writes_and_ddl_are_refused(home, query, kind):
@@ -105,9 +130,56 @@ def test_writes_and_ddl_are_refused(home, query, kind):
         query_read_only(home, query)
 
 
-def test_explain_is_allowed(home):
-    cols, rows = query_read_only(home, "explain select * from candidates")
+def test_explain_analyze_cannot_write_a_file(home, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "x.csv"
+    with pytest.raises(ReadOnlyViolation, match="EXPLAIN of a COPY"):
+        query_read_only(home, f"EXPLAIN ANALYZE COPY (select 42) TO '{out}'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "explain select * from candidates",
+        "explain analyze select * from candidates",
+        "explain (analyze, format json) (select 1) union (select 2)",
+        "explain analyze /* é */ (format json) select 'ü'",
+        "select 1; select count(*) from candidates -- ; drop view candidates",
+        "describe candidates",
+        "from candidates",
+    ],
+)
+def test_read_only_queries_run(home, query):
+    cols, rows = query_read_only(home, query)
     assert rows
+
+
+@pytest.fixture
+def unchecked(monkeypatch):
+    """Bypass the statement check, to test the connection's own defences."""
+    monkeypatch.setattr(warehouse, "check_read_only", lambda query: None)
+
+
+@pytest.mark.parametrize(
+    "query, error",
+    [
+        ("copy (select 42) to '{out}'", "file system operations are disabled"),
+        ("create table data.t as select 1", "read-only"),
+        ("set enable_external_access = true", "configuration has been locked"),
+    ],
+)
+def test_the_connection_refuses_writes_without_the_check(home, tmp_path_factory, unchecked, query, error):
+    out = tmp_path_factory.mktemp("out") / "x.csv"
+    with pytest.raises(duckdb.Error, match=error):
+        query_read_only(home, query.format(out=out))
+    assert not out.exists()
+
+
+def test_the_connection_reads_no_file_outside_the_tables(home, tmp_path_factory, unchecked):
+    secret = tmp_path_factory.mktemp("elsewhere") / "secret.csv"
+    secret.write_text("a\n1\n")
+    with pytest.raises(duckdb.Error, match="file system operations are disabled"):
+        query_read_only(home, f"select * from read_csv('{secret}')")
 
 
 def test_no_warehouse_yet(tmp_path):
