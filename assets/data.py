@@ -1,5 +1,6 @@
 """Data assets: D0 (data/instructions) and the reasoning catalyst (data/catalyst), each with a table of
-the rows it rejected and why. Rows read = rows kept + rows rejected, in each asset's metadata."""
+the rows it rejected and why. Each asset's metadata accounts for every row of its files: rows_in_files =
+blank_lines + excluded (per reason) + not_sampled + read, and read = kept + rejected (per reason)."""
 
 
 import dataclasses
@@ -58,26 +59,14 @@ def build_data_assets(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         },
         ins={"base": dg.AssetIn(BASE_MODEL)},
         group_name="data",
-        code_version=code_version(config.section_hash("instructions"), prompts.TEMPLATE_VERSION),
+        code_version=code_version(config.section_hash("instructions"), prompts.ANSWER_FORMAT_VERSION),
     )
     def instructions(context: dg.AssetExecutionContext, generation: GenerationResource, base: pl.DataFrame):
-        loaded = load_instructions(config.instructions.sources, config.instructions.seed)
-        engine = generation.engine(base["path"][0])
-        examples = loaded.examples
-        lengths = engine.count_tokens([answer_text(engine, e.instruction, e.input, e.rationale, e.output) for e in examples])
-        n_tokens = dict(zip((e.example_id for e in examples), lengths))
-        kept, too_long = reject_too_long(
-            examples, lengths, engine.max_length,
-            lambda e, reason: Rejected(e.source, e.source_row, reason, _as_json(e), e.example_id),
-        )
-        loaded.examples, loaded.rejected = kept, loaded.rejected + too_long
-        counts = loaded.counts()
+        df, rejected, counts = instructions_tables(config, generation.engine(base["path"][0]))
         context.log.info(f"instructions: {counts}")
-        rows = ({**dataclasses.asdict(e), "n_tokens": n_tokens[e.example_id]} for e in kept)
-        df = frame(rows, schemas.INSTRUCTIONS)
         meta = {**count_metadata(counts), "mean_tokens": float(df["n_tokens"].mean() or 0.0)}
         yield table_output(df, meta, output_name="instructions")
-        yield table_output(rejected_frame(loaded.rejected), count_metadata(counts), output_name="instructions_rejected")
+        yield table_output(rejected, count_metadata(counts), output_name="instructions_rejected")
 
     @dg.multi_asset(
         outs={
@@ -97,39 +86,68 @@ def build_data_assets(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         },
         ins={"instructions": dg.AssetIn(INSTRUCTIONS), "base": dg.AssetIn(BASE_MODEL)},
         group_name="data",
-        code_version=code_version(config.section_hash("catalyst"), prompts.TEMPLATE_VERSION),
+        code_version=code_version(
+            config.section_hash("catalyst"), prompts.ENRICH_VERSION, prompts.TEACHER_VERSION, prompts.RATIONALE_EXTRACTION_VERSION
+        ),
     )
     def catalyst(
         context: dg.AssetExecutionContext, generation: GenerationResource, instructions: pl.DataFrame, base: pl.DataFrame
     ):
-        spec = config.catalyst
-        if spec.source == "file":
-            result = cat.read_catalyst_file(spec.file, spec.size, spec.seed)
-        else:
-            in_d0 = set(zip(instructions["instruction"].to_list(), instructions["input"].to_list()))
-            pool = load_instructions([spec.pool.model_copy(update={"sample": spec.size})], spec.seed, exclude=in_d0)
-            if spec.source == "derived":
-                records, rejected = cat.derive(pool.examples)
-            else:
-                records, rejected = cat.teach(pool.examples, _teacher(generation, config))
-            result = cat.CatalystResult(records, pool.rejected + rejected, read=pool.read)
-        engine = generation.engine(base["path"][0])
-        lengths = engine.count_tokens([enrich_text(engine, r) for r in result.records])
-        n_tokens = dict(zip((r.catalyst_id for r in result.records), lengths))
-        kept, too_long = reject_too_long(
-            result.records, lengths, engine.max_length,
-            lambda r, reason: Rejected(r.source, r.source_row, reason, _as_json(r), r.catalyst_id),
-        )
-        result.records, result.rejected = kept, result.rejected + too_long
-        counts = result.counts()
-        context.log.info(f"catalyst ({spec.source}): {counts}")
-        df = frame(({**dataclasses.asdict(r), "n_tokens": n_tokens[r.catalyst_id]} for r in kept), schemas.CATALYST)
+        df, rejected, counts = catalyst_tables(config, generation, instructions, generation.engine(base["path"][0]))
+        context.log.info(f"catalyst ({config.catalyst.source}): {counts}")
         growth = (df["rationale"].str.len_chars() / df["short_rationale"].str.len_chars().clip(lower_bound=1)).mean()
         meta = {**count_metadata(counts), "mean_tokens": float(df["n_tokens"].mean() or 0.0), "mean_length_ratio_r*_r0": float(growth or 0.0)}
         yield table_output(df, meta, output_name="catalyst")
-        yield table_output(rejected_frame(result.rejected), count_metadata(counts), output_name="catalyst_rejected")
+        yield table_output(rejected, count_metadata(counts), output_name="catalyst_rejected")
 
     return [instructions, catalyst]
+
+
+def instructions_tables(config: ExperimentConfig, engine) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """What data/instructions writes: D0, its rejected rows (examples too long for `engine`'s model among
+    them), and the row counts."""
+    loaded = load_instructions(config.instructions.sources, config.instructions.seed)
+    examples = loaded.examples
+    lengths = engine.count_tokens([answer_text(engine, e.instruction, e.input, e.rationale, e.output) for e in examples])
+    n_tokens = dict(zip((e.example_id for e in examples), lengths))
+    kept, too_long = reject_too_long(
+        examples, lengths, engine.max_length,
+        lambda e, reason: Rejected(e.source, e.source_row, reason, _as_json(e), e.example_id),
+    )
+    loaded.examples, loaded.rejected = kept, loaded.rejected + too_long
+    rows = ({**dataclasses.asdict(e), "n_tokens": n_tokens[e.example_id]} for e in kept)
+    return frame(rows, schemas.INSTRUCTIONS), rejected_frame(loaded.rejected), loaded.counts()
+
+
+def catalyst_tables(
+    config: ExperimentConfig, generation: GenerationResource, instructions: pl.DataFrame, engine
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """What data/catalyst writes: C from the configured source, its rejected rows (records too long for
+    `engine`'s model among them), and the row counts."""
+    result = _catalyst_records(config, generation, instructions)
+    lengths = engine.count_tokens([enrich_text(engine, r) for r in result.records])
+    n_tokens = dict(zip((r.catalyst_id for r in result.records), lengths))
+    kept, too_long = reject_too_long(
+        result.records, lengths, engine.max_length,
+        lambda r, reason: Rejected(r.source, r.source_row, reason, _as_json(r), r.catalyst_id),
+    )
+    result.records, result.rejected = kept, result.rejected + too_long
+    df = frame(({**dataclasses.asdict(r), "n_tokens": n_tokens[r.catalyst_id]} for r in kept), schemas.CATALYST)
+    return df, rejected_frame(result.rejected), result.counts()
+
+
+def _catalyst_records(config: ExperimentConfig, generation: GenerationResource, instructions: pl.DataFrame) -> cat.CatalystResult:
+    """C from the catalyst file, or from pool rows not in D0 (derived, or enriched by the teacher)."""
+    spec = config.catalyst
+    if spec.source == "file":
+        return cat.read_catalyst_file(spec.file, spec.size, spec.seed)
+    in_d0 = set(zip(instructions["instruction"].to_list(), instructions["input"].to_list()))
+    pool = load_instructions([spec.pool.model_copy(update={"sample": spec.size})], spec.seed, exclude=in_d0, exclude_reason="in D0")
+    if spec.source == "derived":
+        records, rejected = cat.derive(pool.examples)
+    else:
+        records, rejected = cat.teach(pool.examples, _teacher(generation, config))
+    return cat.CatalystResult(records, pool.rejected + rejected, pool.intake)
 
 
 def _teacher(generation: GenerationResource, config: ExperimentConfig):

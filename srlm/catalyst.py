@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from srlm.config import FileCatalyst
-from srlm.datasets import Example, Rejected, count_rows, read_rows, sample_rows, stable_id, text_field
+from srlm.datasets import Example, Intake, Rejected, read_file_rows, stable_id, text_field
 from srlm.prompts import SKILLS, strip_think
 
 _SKILL_MARK = re.compile(r"\[(" + "|".join(re.escape(s) for s in SKILLS) + r")\]", re.IGNORECASE)
@@ -41,10 +41,10 @@ class CatalystRecord:
 class CatalystResult:
     records: list[CatalystRecord]
     rejected: list[Rejected]
-    read: int
+    intake: Intake  # the rows of the catalyst file, or of the pool (with the rows skipped as already in D0)
 
     def counts(self) -> dict[str, int]:
-        return count_rows(self.read, len(self.records), self.rejected)
+        return self.intake.counts(len(self.records), self.rejected)
 
 
 def skills_used(rationale: str) -> str:
@@ -114,7 +114,8 @@ def read_catalyst_file(spec: FileCatalyst, size: int, seed: int) -> CatalystResu
     """A user's catalyst file -> records; `size` rows are drawn (seeded) when the file holds more."""
     source = "file"
     cols = spec.columns
-    rows = sample_rows(list(read_rows(spec.path, spec.format)), size, seed)
+    intake = Intake()
+    rows = intake.take(read_file_rows(spec.path, spec.format, intake), size, seed)
     records, rejected, seen = [], [], set()
     for row_no, row in rows:
         raw = json.dumps(row, ensure_ascii=False, default=str)
@@ -145,4 +146,4 @@ def read_catalyst_file(spec: FileCatalyst, size: int, seed: int) -> CatalystResu
             continue
         seen.add(record.catalyst_id)
         records.append(record)
-    return CatalystResult(records, rejected, read=len(rows))
+    return CatalystResult(records, rejected, intake)

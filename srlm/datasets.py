@@ -1,8 +1,9 @@
 """Reading instruction data (JSON / JSONL / Parquet) into examples, with every bad row accounted for.
 
 A malformed file stops with `DataFormatError` naming the file and line. A bad row (missing or empty
-field, non-text value, duplicate, too long for the model) becomes a `Rejected` record with a reason:
-for every source, rows read = examples kept + rows rejected.
+field, non-text value, duplicate, too long for the model) becomes a `Rejected` record with a reason.
+Every row of the files is accounted for (`Intake`): rows in the files = blank lines + rows excluded
+(with a reason) + rows the seeded sample did not draw + rows read, and rows read = kept + rejected.
 """
 
 from __future__ import annotations
@@ -46,29 +47,62 @@ class Rejected:
     example_id: str | None = None
 
 
+class RowAccountingError(RuntimeError):
+    """Rows were lost or invented between the files and the kept + rejected tables (a bug, never bad input)."""
+
+
+@dataclass
+class Intake:
+    """Where every row of the files went before validation, counted as it happens."""
+
+    rows_in_files: int = 0  # JSONL lines (blank ones too), JSON array elements, Parquet rows
+    blank_lines: int = 0  # JSONL lines holding no row
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> rows skipped before sampling
+    not_sampled: int = 0  # eligible rows the seeded sample did not draw
+    read: int = 0  # rows taken in: each one ends up kept or rejected
+
+    def exclude(self, reason: str, n: int) -> None:
+        self.excluded[reason] = self.excluded.get(reason, 0) + n
+
+    def take(self, rows: list[tuple[int, Any]], size: int | None, seed: int) -> list[tuple[int, Any]]:
+        """The seeded sample of `rows` (see sample_rows), counted."""
+        drawn = sample_rows(rows, size, seed)
+        self.not_sampled += len(rows) - len(drawn)
+        self.read += len(drawn)
+        return drawn
+
+    def check(self, kept: int, rejected: int) -> None:
+        """Raise RowAccountingError unless every row of the files adds up to kept + rejected + skipped."""
+        accounted = self.blank_lines + sum(self.excluded.values()) + self.not_sampled + self.read
+        if self.rows_in_files != accounted or self.read != kept + rejected:
+            raise RowAccountingError(
+                f"rows do not add up: {self.rows_in_files} in the files, {self.blank_lines} blank lines, "
+                f"{sum(self.excluded.values())} excluded, {self.not_sampled} not sampled, {self.read} read; "
+                f"{kept} kept + {rejected} rejected"
+            )
+
+    def counts(self, kept: int, rejected: Sequence[Rejected]) -> dict[str, int]:
+        """The checked account, with exclusions per reason and rejections per reason (the text before the
+        reason's colon)."""
+        self.check(kept, len(rejected))
+        out = {"rows_in_files": self.rows_in_files, "blank_lines": self.blank_lines,
+               "excluded": sum(self.excluded.values()), "not_sampled": self.not_sampled,
+               "read": self.read, "kept": kept, "rejected": len(rejected)}
+        out.update({f"excluded: {reason}": n for reason, n in self.excluded.items()})
+        for r in rejected:
+            key = "rejected: " + r.reason.split(":")[0]
+            out[key] = out.get(key, 0) + 1
+        return out
+
+
 @dataclass
 class LoadResult:
     examples: list[Example] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    rows_in_files: int = 0
-    excluded: int = 0  # rows skipped before sampling because they are already used elsewhere (e.g. in D0)
-
-    @property
-    def read(self) -> int:
-        return len(self.examples) + len(self.rejected)
+    intake: Intake = field(default_factory=Intake)
 
     def counts(self) -> dict[str, int]:
-        extra = {"rows_in_files": self.rows_in_files, "excluded": self.excluded}
-        return {**extra, **count_rows(self.read, len(self.examples), self.rejected)}
-
-
-def count_rows(read: int, kept: int, rejected: Sequence[Rejected]) -> dict[str, int]:
-    """read / kept / rejected counts, plus rejections per reason (the text before the reason's colon)."""
-    out = {"read": read, "kept": kept, "rejected": len(rejected)}
-    for r in rejected:
-        key = "rejected: " + r.reason.split(":")[0]
-        out[key] = out.get(key, 0) + 1
-    return out
+        return self.intake.counts(len(self.examples), self.rejected)
 
 
 def stable_id(*parts: str) -> str:
@@ -92,9 +126,13 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     raise DataFormatError(f"{path}: cannot tell the format from the extension '{suffix}'; set format: json | jsonl | parquet")
 
 
+BLANK_LINE = object()  # what read_rows yields for a JSONL line holding only whitespace
+
+
 def read_rows(path: str | Path, fmt: str = "auto") -> Iterator[tuple[int, Any]]:
-    """Yield (row number, row) from a JSON array, JSONL or Parquet file. Rows are whatever the file holds:
-    callers decide what a valid row is. Undecodable files raise DataFormatError with file and line."""
+    """Yield (row number, row) from a JSON array, JSONL or Parquet file; a blank JSONL line yields
+    BLANK_LINE, so every line is accounted for. Rows are whatever the file holds: callers decide what a
+    valid row is. Undecodable files raise DataFormatError with file and line."""
     path = Path(path)
     fmt = detect_format(path, fmt)
     if fmt == "parquet":
@@ -113,6 +151,7 @@ def read_rows(path: str | Path, fmt: str = "auto") -> Iterator[tuple[int, Any]]:
     if fmt == "jsonl":
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
+                yield lineno, BLANK_LINE
                 continue
             try:
                 yield lineno, json.loads(line)
@@ -182,6 +221,18 @@ def row_to_example(row: Any, src: InstructionSource, source_name: str, row_no: i
     return Example(example_id, source_name, row_no, instruction, input_text, output, rationale)
 
 
+def read_file_rows(path: str | Path, fmt: str, intake: Intake) -> list[tuple[int, Any]]:
+    """Every row of a file (blank lines counted in `intake`, not returned)."""
+    rows = []
+    for row_no, row in read_rows(path, fmt):
+        intake.rows_in_files += 1
+        if row is BLANK_LINE:
+            intake.blank_lines += 1
+        else:
+            rows.append((row_no, row))
+    return rows
+
+
 def sample_rows(rows: list, size: int | None, seed: int) -> list:
     """A seeded sample in file order (None or size >= len: all rows)."""
     if size is None or size >= len(rows):
@@ -191,22 +242,24 @@ def sample_rows(rows: list, size: int | None, seed: int) -> list:
 
 
 def load_instructions(
-    sources: Sequence[InstructionSource], seed: int, exclude: set[tuple[str, str]] | None = None
+    sources: Sequence[InstructionSource],
+    seed: int,
+    exclude: set[tuple[str, str]] | None = None,
+    exclude_reason: str = "already used",
 ) -> LoadResult:
     """All sources -> kept examples + rejected rows. Rows whose (instruction, input) is in `exclude` are
-    skipped before sampling (counted as `excluded`). Duplicates (same example_id, across sources too)
-    keep the first occurrence."""
+    skipped before sampling (counted as excluded, with `exclude_reason`). Duplicates (same example_id,
+    across sources too) keep the first occurrence."""
     result = LoadResult()
     seen: dict[str, tuple[str, int]] = {}
     for index, src in enumerate(sources):
         name = src.name or Path(src.path).stem
-        rows = list(read_rows(src.path, src.format))
-        result.rows_in_files += len(rows)
+        rows = read_file_rows(src.path, src.format, result.intake)
         if exclude:
             eligible = [(n, row) for n, row in rows if _instruction_key(row, src) not in exclude]
-            result.excluded += len(rows) - len(eligible)
+            result.intake.exclude(exclude_reason, len(rows) - len(eligible))
             rows = eligible
-        for row_no, row in sample_rows(rows, src.sample, seed + index):
+        for row_no, row in result.intake.take(rows, src.sample, seed + index):
             raw = json.dumps(row, ensure_ascii=False, default=str)
             try:
                 example = row_to_example(row, src, name, row_no)

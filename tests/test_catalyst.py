@@ -1,5 +1,7 @@
 import json
+import shutil
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -103,10 +105,10 @@ def write_jsonl(path, rows):
 
 
 def check_result(result, n_good):
-    assert result.read == len(result.records) + len(result.rejected)
+    assert result.intake.read == len(result.records) + len(result.rejected)
     assert len(result.records) == n_good
     counts = result.counts()
-    assert counts["read"] == result.read and counts["kept"] == n_good and counts["rejected"] == len(result.rejected)
+    assert counts["read"] == result.intake.read and counts["kept"] == n_good and counts["rejected"] == len(result.rejected)
     for rejected, (_, reason) in zip(result.rejected, BAD_ROWS):
         assert rejected.reason.startswith(reason), (rejected.reason, reason)
         assert rejected.source == "file" and json.loads(rejected.raw)
@@ -137,7 +139,7 @@ def test_read_parquet_with_mapped_columns_and_ids(tmp_path):
     assert [r.catalyst_id for r in result.records] == ["file:a", "file:b"]
     assert [r.instruction for r in result.records] == ["Add 2 and 3.", "Other"]
     assert len(result.rejected) == 1 and result.rejected[0].reason.startswith("duplicate") and result.rejected[0].source_row == 3
-    assert result.read == 3
+    assert result.intake.read == 3
 
 
 def test_read_samples_size_rows_seeded(tmp_path):
@@ -146,16 +148,17 @@ def test_read_samples_size_rows_seeded(tmp_path):
     a = read_catalyst_file(spec(path), size=5, seed=1)
     b = read_catalyst_file(spec(path), size=5, seed=1)
     c = read_catalyst_file(spec(path), size=5, seed=2)
-    assert a.read == 5 and len(a.records) == 5 and a.records == b.records
+    assert a.intake.read == 5 and a.intake.not_sampled == 15 and len(a.records) == 5 and a.records == b.records
     assert [r.source_row for r in a.records] == sorted(r.source_row for r in a.records)  # file order
     assert [r.source_row for r in a.records] != [r.source_row for r in c.records]
 
 
 def test_non_object_rows_are_rejected(tmp_path):
     path = tmp_path / "cat.jsonl"
-    path.write_text(json.dumps(GOOD) + "\n[1, 2]\n\"text\"\n")
+    path.write_text(json.dumps(GOOD) + "\n\n[1, 2]\n\"text\"\n")
     result = read_catalyst_file(spec(path), size=10, seed=0)
-    assert len(result.records) == 1 and result.read == 3
+    assert len(result.records) == 1 and result.intake.read == 3
+    assert result.counts()["rows_in_files"] == 4 and result.counts()["blank_lines"] == 1
     assert [r.reason for r in result.rejected] == ["not an object: the row is a list", "not an object: the row is a str"]
 
 
@@ -246,3 +249,84 @@ def test_teach_cleans_think_tags_and_checks_each_answer():
         (2, "empty field"), (3, "not enriched"), (4, "teacher output cut off")]
     with pytest.raises(ValueError):  # one answer per example, no silent truncation
         teach(pool, lambda examples: answers[:2])
+
+
+# ------------------------------------------------------------------ the catalyst asset's path, real model
+
+@pytest.fixture(scope="module")
+def long_context_model(tmp_path_factory):
+    """The tiny model with its position limit raised from 192 to 1024 tokens (RoPE has no learned positions),
+    so the ~550-token teacher prompt fits: a local HF model directory like any other."""
+    from tiny_model import tiny_model_dir
+
+    out = tmp_path_factory.mktemp("teacher") / "model"
+    shutil.copytree(tiny_model_dir(), out)
+    for name, key in (("config.json", "max_position_embeddings"), ("tokenizer_config.json", "model_max_length")):
+        settings = json.loads((out / name).read_text())
+        settings[key] = 1024
+        (out / name).write_text(json.dumps(settings))
+    return out
+
+
+ALPACA = FIXTURE_KIT / "instruct" / "alpaca_5000" / "alpaca_5000.json"
+ALPACA_POOL = {"path": str(ALPACA), "columns": {"instruction": "instruction", "input": "input", "output": "output"},
+               "answer_delimiter": None, "strip_calc_annotations": False}
+
+
+def gsm8k_rows():
+    return [json.loads(line) for line in GSM8K_TRAIN.read_text().splitlines()]
+
+
+def build_catalyst(micro_config, model, catalyst, d0_rows):
+    """What the data/catalyst asset writes, with D0 holding `d0_rows` (pool rows the catalyst must skip)."""
+    from assets.data import catalyst_tables
+    from resources import GenerationResource
+    from srlm.config import load_config
+
+    config = load_config(micro_config({"catalyst": catalyst}))
+    columns = config.catalyst.pool.columns
+    d0 = pl.DataFrame({"instruction": [r[columns.instruction].strip() for r in d0_rows],
+                       "input": [r.get(columns.input, "").strip() for r in d0_rows]})
+    generation = GenerationResource(device="cpu", dtype="float32")
+    return config, generation, catalyst_tables(config, generation, d0, generation.engine(str(model)))
+
+
+def assert_every_pool_row_accounted(counts, kept, rejected, pool_size, in_d0, size):
+    assert counts["rows_in_files"] == pool_size and counts["blank_lines"] == 0
+    assert counts["excluded"] == counts["excluded: in D0"] == in_d0
+    assert counts["not_sampled"] == pool_size - in_d0 - size
+    assert counts["read"] == size == counts["kept"] + counts["rejected"]
+    assert (counts["kept"], counts["rejected"]) == (kept.height, rejected.height)
+
+
+def test_derived_catalyst_skips_rows_in_d0_and_reports_them(micro_config, long_context_model):
+    in_d0 = gsm8k_rows()[:3]
+    _, _, (kept, rejected, counts) = build_catalyst(micro_config, long_context_model, {"source": "derived", "size": 10}, in_d0)
+    assert_every_pool_row_accounted(counts, kept, rejected, len(gsm8k_rows()), in_d0=3, size=10)
+    assert kept.height == 10 and not set(kept["instruction"]) & {r["question"].strip() for r in in_d0}
+
+
+def test_teacher_catalyst_with_a_local_transformers_model(micro_config, long_context_model):
+    teacher = {"backend": "transformers", "model": str(long_context_model), "temperature": 1.0, "max_new_tokens": 60}
+    alpaca = json.loads(ALPACA.read_text())
+    config, generation, (kept, rejected, counts) = build_catalyst(
+        micro_config, long_context_model, {"source": "teacher", "size": 6, "pool": ALPACA_POOL, "teacher": teacher}, alpaca[:2])
+    assert_every_pool_row_accounted(counts, kept, rejected, len(alpaca), in_d0=2, size=6)
+    assert kept.height >= 1
+
+    # every r* (or rejected teacher answer) is what the local model writes for that row's teacher prompt
+    spec = config.catalyst
+    pool = load_instructions([spec.pool.model_copy(update={"sample": spec.size})], spec.seed,
+                             exclude={(r["instruction"], r["input"]) for r in alpaca[:2]}).examples
+    messages = [prompts.teacher_messages(e.instruction, e.input, e.rationale or e.output, e.output) for e in pool]
+    outputs = generation.teacher("transformers", str(long_context_model)).generate(
+        messages, SamplingParams(temperature=1.0, max_new_tokens=60, seed=spec.seed))
+    written = {e.source_row: o.completions[0] for e, o in zip(pool, outputs)}
+    for row in kept.iter_rows(named=True):
+        assert written[row["source_row"]].finish_reason == "stop"
+        assert row["rationale"] == prompts.strip_think(written[row["source_row"]].text)
+        assert row["source"] == "teacher" and len(row["rationale"]) > len(row["short_rationale"]) > 0
+    for row in rejected.iter_rows(named=True):
+        assert json.loads(row["raw"])["teacher_output"] == written[row["source_row"]].text
+        assert row["reason"].startswith(("teacher output cut off", "not enriched", "empty field"))
+    assert sorted(kept["source_row"].to_list() + rejected["source_row"].to_list()) == sorted(written)

@@ -1,5 +1,7 @@
 """Loading instruction data: one test per kind of bad input, asserting the error or the rejected count and reason."""
 
+import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -7,7 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from srlm.config import InstructionSource, SourceColumns
-from srlm.datasets import DataFormatError, Rejected, load_instructions, read_rows, reject_too_long, split_answer
+from srlm.datasets import (
+    DataFormatError,
+    Rejected,
+    RowAccountingError,
+    load_instructions,
+    read_rows,
+    reject_too_long,
+    split_answer,
+)
 
 BAD = Path(__file__).parent / "fixtures" / "bad_input"
 
@@ -59,8 +69,28 @@ def rows_result():
 
 def test_counts_add_up(rows_result):
     counts = rows_result.counts()
+    assert counts["rows_in_files"] == 8 and counts["blank_lines"] == counts["excluded"] == counts["not_sampled"] == 0
     assert counts["read"] == 8 == counts["kept"] + counts["rejected"]
     assert counts["kept"] == 2 and counts["rejected"] == 6
+
+
+def test_blank_lines_are_counted_not_dropped(tmp_path):
+    path = tmp_path / "gappy.jsonl"
+    row = '{"instruction": "Name a %s.", "output": "It."}'
+    path.write_text("\n".join([row % "fruit", "", row % "tree", "   ", row % "bird", "[1]"]) + "\n")
+    result = load_instructions([InstructionSource(path=str(path))], seed=0)
+    counts = result.counts()
+    assert (counts["rows_in_files"], counts["blank_lines"], counts["read"]) == (6, 2, 4)
+    assert counts["kept"] == 3 and counts["rejected"] == 1
+    assert [e.source_row for e in result.examples] == [1, 3, 5]  # row numbers stay the file's line numbers
+    assert reasons(result) == {6: "not an object: the row is a list"}
+
+
+def test_a_lost_row_breaks_the_account(rows_result):
+    lost = load_instructions([source("rows.jsonl")], seed=0)
+    lost.examples.pop()
+    with pytest.raises(RowAccountingError, match="8 read; 1 kept \\+ 6 rejected"):
+        lost.counts()
 
 
 def test_missing_field_is_rejected(rows_result):
@@ -112,7 +142,7 @@ def test_duplicates_across_sources():
     result = load_instructions([source("rows.jsonl", name="first"), source("rows.jsonl", name="second")], seed=0)
     dupes = [r for r in result.rejected if r.source == "second" and r.reason.startswith("duplicate")]
     assert len(dupes) == 3  # rows 1, 5 and 7 of the second copy
-    assert result.read == 16
+    assert result.intake.read == 16 == result.counts()["kept"] + result.counts()["rejected"]
 
 
 def test_too_long_examples_are_rejected_with_their_length():
@@ -125,14 +155,16 @@ def test_too_long_examples_are_rejected_with_their_length():
 def test_sample_is_seeded_and_counts_only_drawn_rows():
     a = load_instructions([source("rows.jsonl", sample=4)], seed=3)
     b = load_instructions([source("rows.jsonl", sample=4)], seed=3)
-    assert a.read == 4 and a.rows_in_files == 8
+    assert (a.intake.read, a.intake.not_sampled, a.intake.rows_in_files) == (4, 4, 8)
+    assert a.counts()["kept"] + a.counts()["rejected"] == 4
     assert [r.source_row for r in a.rejected] == [r.source_row for r in b.rejected]
 
 
 def test_exclude_skips_rows_before_sampling():
-    result = load_instructions([source("rows.jsonl")], seed=0, exclude={("Name a fruit.", "")})
-    assert result.excluded == 2
-    assert result.read == 6
+    result = load_instructions([source("rows.jsonl")], seed=0, exclude={("Name a fruit.", "")}, exclude_reason="in D0")
+    counts = result.counts()
+    assert counts["excluded"] == counts["excluded: in D0"] == 2
+    assert counts["read"] == 6 and counts["rows_in_files"] == 8
 
 
 def test_parquet_source(tmp_path):
@@ -145,3 +177,28 @@ def test_parquet_source(tmp_path):
 def test_split_answer_strips_calculator_marks():
     steps, answer = split_answer("He has 2*3 = <<2*3=6>>6 apples.\n#### 6", "####", strip_calc=True)
     assert steps == "He has 2*3 = 6 apples." and answer == "6"
+
+
+def test_an_example_too_long_for_the_model_lands_in_the_rejected_table(micro_config, tmp_path):
+    """Through what data/instructions writes, with the tiny model's real tokenizer and context."""
+    from tiny_model import tiny_model_dir
+
+    from assets.data import instructions_tables
+    from resources import GenerationResource
+    from srlm.config import load_config
+
+    path = tmp_path / "d0.jsonl"
+    rows = [{"instruction": "Name a fruit.", "output": "An apple."},
+            {"instruction": "Summarize: " + " ".join(["the quiet river runs"] * 100), "output": "A river."}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = load_config(micro_config({"instructions": {"sources": [{"name": "mine", "path": str(path)}]}}))
+    engine = GenerationResource(device="cpu", dtype="float32").engine(str(tiny_model_dir()))
+
+    kept, rejected, counts = instructions_tables(config, engine)
+
+    assert kept["instruction"].to_list() == ["Name a fruit."]
+    assert 0 < kept["n_tokens"][0] <= engine.max_length
+    assert rejected["source_row"].to_list() == [2] and json.loads(rejected["raw"][0])["output"] == "A river."
+    n_tokens = int(re.fullmatch(r"too long: (\d+) tokens, the model takes (\d+)", rejected["reason"][0]).group(1))
+    assert n_tokens > engine.max_length == 192
+    assert (counts["read"], counts["kept"], counts["rejected"], counts["rejected: too long"]) == (2, 1, 1, 1)
