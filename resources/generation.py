@@ -60,8 +60,3 @@ class GenerationResource(dg.ConfigurableResource):
 
             return OpenAIChatEngine(OpenAIEngineConfig(base_url=base_url, model=model, api_key_env=api_key_env))
         return self.engine(model)
-
-    @classmethod
-    def release_all(cls) -> None:
-        """Drop cached engines (frees their memory once nothing else holds them)."""
-        cls._engines.clear()

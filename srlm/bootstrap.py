@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -365,7 +365,3 @@ def pretrain(
     )
     log(f"bootstrap: saved to {out_dir} ({report.seconds:.0f}s in all)")
     return report
-
-
-def report_dict(report: BootstrapReport) -> dict:
-    return asdict(report)

@@ -97,7 +97,7 @@ def score(
                 "example_id": it.example_id,
                 "iteration": iteration,
                 "role": it.role,
-                "length": selectors.NEG_INF if reason else float(n),
+                "length": selectors.length_score(n, reason),
                 "likelihood": selectors.likelihood_gain(logp, baseline[it.example_id]),
                 "consistency": cons,
                 "n_tokens": n,

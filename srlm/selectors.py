@@ -42,8 +42,9 @@ def degeneration(text: str, finish_reason: str, ngram: int, max_repeated_fractio
     return None
 
 
-def length_score(text: str, n_tokens: int, finish_reason: str, ngram: int = 4, max_repeated_fraction: float = 0.3) -> float:
-    return NEG_INF if degeneration(text, finish_reason, ngram, max_repeated_fraction) else float(n_tokens)
+def length_score(n_tokens: int, degenerate: str | None) -> float:
+    """The length selector: the rationale's tokens, -inf when `degeneration` found it degenerate."""
+    return NEG_INF if degenerate else float(n_tokens)
 
 
 def likelihood_gain(mean_logp_with_rationale: float, mean_logp_without: float) -> float:

@@ -8,14 +8,19 @@ GOOD = "First split the task into parts. Then add the parts and check the sum ag
 LOOPING = " ".join(["add the parts and"] * 30)
 
 
+def length(text: str, n_tokens: int, finish_reason: str = "stop") -> float:
+    """The length score as scoring computes it: degeneration check, then the score."""
+    return selectors.length_score(n_tokens, selectors.degeneration(text, finish_reason, 4, 0.3))
+
+
 def test_long_but_degenerate_candidate_loses_on_length():
-    assert selectors.length_score(LOOPING, n_tokens=120, finish_reason="stop") == -math.inf
-    assert selectors.length_score(GOOD, n_tokens=20, finish_reason="stop") == 20.0
+    assert length(LOOPING, n_tokens=120) == -math.inf
+    assert length(GOOD, n_tokens=20) == 20.0
 
 
 def test_cut_off_candidate_is_degenerate():
     assert selectors.degeneration(GOOD, "length", 4, 0.3) == "no end (cut off at the token limit)"
-    assert selectors.length_score(GOOD, 20, "length") == -math.inf
+    assert length(GOOD, 20, "length") == -math.inf
 
 
 def test_empty_candidate_is_degenerate():
