@@ -2,6 +2,7 @@
 
     iter_0/training_examples -> iter_0/checkpoint
     iter_t/candidates -> iter_t/scores -> iter_t/selected -> iter_t/training_examples -> iter_t/checkpoint
+                                        -> iter_t/selector_choices (every selector's pick, for comparison)
 
 iter_t/candidates depends on iter_{t-1}/checkpoint (the model that enriches) and on
 iter_{t-1}/training_examples (each example's current rationale: the parent of its candidates).
@@ -12,6 +13,7 @@ their previous one, so a subset expansion never shrinks the training set), plus 
 
 import random
 from enum import Enum
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -21,14 +23,14 @@ from pydantic import Field, create_model
 from assets import schemas
 from assets.data import BASE_MODEL, CATALYST, INSTRUCTIONS
 from assets.tables import code_version, fingerprint, frame, table_output
-from resources import GenerationResource, TrainingResource
+from resources import GenerationResource, TrainingResource, WarehouseResource
 from srlm import plots, prompts
 from srlm.checkpoints import checkpoint_id_for, commit_dir
 from srlm.config import SELECTORS, ExperimentConfig
 from srlm.engines.types import SamplingParams
 from srlm.expansion import ExpansionSettings, ExpansionTask, expand, recipe_key
 from srlm.scoring import Reference, Scorable, score
-from srlm.selection import select_best, selection_sql_version
+from srlm.selection import count_examples, select_best, select_with_every_selector, selection_sql_version
 
 Selector = Enum("Selector", {name: name for name in SELECTORS}, type=str)
 
@@ -79,7 +81,14 @@ def answer_rows(df: pl.DataFrame) -> pl.DataFrame:
 def build_iteration_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
     assets = [_initial_training_examples(), _checkpoint(cfg, 0)]
     for t in range(1, cfg.experiment.iterations + 1):
-        assets += [_candidates(cfg, t), _scores(cfg, t), _selected(cfg, t), _training_examples(t), _checkpoint(cfg, t)]
+        assets += [
+            _candidates(cfg, t),
+            _scores(cfg, t),
+            _selected(cfg, t),
+            _selector_choices(cfg, t),
+            _training_examples(t),
+            _checkpoint(cfg, t),
+        ]
     return assets
 
 
@@ -104,7 +113,7 @@ def _initial_training_examples() -> dg.AssetsDefinition:
         group_name="iter_0",
         kinds={"polars", "parquet"},
         description="M0's training set: answering on D0 (with whatever rationale D0 has) plus enriching on the catalyst C.",
-        code_version=code_version(prompts.TEMPLATE_VERSION, "training-examples-v1"),
+        code_version=code_version(prompts.ANSWER_FORMAT_VERSION, prompts.ENRICH_VERSION, "training-examples-v1"),
     )
     def training_examples(generation: GenerationResource, instructions: pl.DataFrame, catalyst: pl.DataFrame, base: pl.DataFrame):
         engine = generation.engine(base["path"][0])
@@ -160,7 +169,8 @@ def _training_examples(t: int) -> dg.AssetsDefinition:
             f"M{t}'s training set: answering on D0 with each example's newest selected rationale "
             f"(selected at iteration {t} where there is one), plus the catalyst C."
         ),
-        code_version=code_version(prompts.TEMPLATE_VERSION, "training-examples-v1"),
+        # renders answer completions only: the enriching rows are copied from the previous training set
+        code_version=code_version(prompts.ANSWER_FORMAT_VERSION, "training-examples-v1"),
     )
     def training_examples(previous_examples: pl.DataFrame, selected: pl.DataFrame, candidates: pl.DataFrame):
         chosen = selected.join(candidates.select("candidate_id", "text"), on="candidate_id", how="left")
@@ -273,7 +283,14 @@ def _candidates(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             f"M{t - 1} enriches the current rationale of each expanded example into N candidates "
             "(seeded sampling, generated in committed shards; parent_id = the rationale it enriched)."
         ),
-        code_version=code_version(cfg.section_hash("expand"), prompts.TEMPLATE_VERSION, str(cfg.experiment.seed)),
+        # the enriching prompt, then the rationale read out of each generation (strip_think, think tags)
+        code_version=code_version(
+            cfg.section_hash("expand"),
+            prompts.ENRICH_VERSION,
+            prompts.RATIONALE_EXTRACTION_VERSION,
+            prompts.ANSWER_FORMAT_VERSION,
+            str(cfg.experiment.seed),
+        ),
     )
     def candidates(
         context: dg.AssetExecutionContext,
@@ -331,7 +348,7 @@ def _scores(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             f"example started from (role 'parent'): length, likelihood under M{t - 1}, consistency."
         ),
         code_version=code_version(
-            prompts.TEMPLATE_VERSION, str(cfg.select.degeneration_ngram), str(cfg.select.max_repeated_fraction), "scores-v1"
+            prompts.ANSWER_FORMAT_VERSION, str(cfg.select.degeneration_ngram), str(cfg.select.max_repeated_fraction), "scores-v1"
         ),
     )
     def scores(
@@ -359,14 +376,9 @@ def _scores(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             max_repeated_fraction=cfg.select.max_repeated_fraction,
         )
         df = pl.from_arrow(table)
-        cands = df.filter(pl.col("role") == "candidate")
-        finite_length = cands.filter(pl.col("length").is_finite())
         meta = {
-            "candidates": cands.height,
-            "degenerate": cands.height - finite_length.height,
-            "mean_length": float(finite_length["length"].mean() or 0.0),
-            "mean_likelihood_gain": float(cands["likelihood"].mean() or 0.0),
-            "mean_consistency": float(cands["consistency"].mean() or 0.0),
+            "candidates": df.filter(pl.col("role") == "candidate").height,
+            **plots.score_summary(df),  # per selector: mean, p10, median, p90 of finite scores; degenerate count
             "score_distributions": dg.MetadataValue.md(plots.markdown_image(plots.score_distributions(df), "selector scores")),
         }
         return table_output(df, meta)
@@ -374,25 +386,31 @@ def _scores(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
     return scores
 
 
+def _selection_inputs(warehouse: WarehouseResource, t: int) -> tuple[Path, Path]:
+    """The Parquet files of iter_t/candidates and iter_t/scores: DuckDB reads them where they lie, so the
+    candidate table is never loaded into Python."""
+    return warehouse.path(key(t, "candidates").path), warehouse.path(key(t, "scores").path)
+
+
 def _selected(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
     SelectConfig = select_config_class(cfg)
 
     @dg.asset(
         key=key(t, "selected"),
-        ins={"candidates": dg.AssetIn(key(t, "candidates")), "scores": dg.AssetIn(key(t, "scores"))},
+        deps=[key(t, "candidates"), key(t, "scores")],
         group_name=f"iter_{t}",
         kinds={"duckdb", "sql", "parquet"},
         description=(
             "Per example, the candidate the selector keeps (`sql/select_{selector}.sql`, run by DuckDB): "
             "best score, deterministic tie-breaks, optionally only if it beats its parent by a margin."
         ),
-        code_version=code_version(selection_sql_version(), cfg.section_hash("select")),
+        code_version=code_version(selection_sql_version([cfg.select.selector]), cfg.section_hash("select")),
     )
-    def selected(context: dg.AssetExecutionContext, config: SelectConfig, candidates: pl.DataFrame, scores: pl.DataFrame):  # type: ignore[valid-type]
+    def selected(context: dg.AssetExecutionContext, config: SelectConfig, warehouse: WarehouseResource):  # type: ignore[valid-type]
         selector = config.selector.value
-        table = select_best(candidates.to_arrow(), scores.to_arrow(), selector, config.margin)
-        df = pl.from_arrow(table)
-        examples = candidates["example_id"].n_unique()
+        candidates, scores = _selection_inputs(warehouse, t)
+        df = pl.from_arrow(select_best(candidates, scores, selector, config.margin))
+        examples = count_examples(candidates)
         meta = {
             "selector": selector,
             "margin": config.margin if config.margin is not None else "none",
@@ -406,3 +424,37 @@ def _selected(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
         return table_output(df, meta)
 
     return selected
+
+
+def _agreement(choices: pl.DataFrame) -> int:
+    """Examples where every selector kept a candidate, and the same one."""
+    per_example = choices.group_by("example_id").agg(pl.len().alias("kept"), pl.col("candidate_id").n_unique().alias("distinct"))
+    return per_example.filter((pl.col("kept") == len(SELECTORS)) & (pl.col("distinct") == 1)).height
+
+
+def _selector_choices(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
+    margin = cfg.select.margin
+
+    @dg.asset(
+        key=key(t, "selector_choices"),
+        deps=[key(t, "candidates"), key(t, "scores")],
+        group_name=f"iter_{t}",
+        kinds={"duckdb", "sql", "parquet"},
+        description=(
+            "What each selector keeps per example (every `sql/select_*.sql` over the same candidates and scores, "
+            "with the experiment's margin), so selectors can be compared in SQL; `selected` holds the configured one's."
+        ),
+        code_version=code_version(selection_sql_version(), str(margin)),
+    )
+    def selector_choices(warehouse: WarehouseResource):
+        candidates, scores = _selection_inputs(warehouse, t)
+        df = pl.from_arrow(select_with_every_selector(candidates, scores, margin))
+        kept = dict(df.group_by("selector").len().iter_rows())
+        meta = {
+            "examples": count_examples(candidates),
+            **{f"kept_by_{s}": kept.get(s, 0) for s in SELECTORS},
+            "all_selectors_agree": _agreement(df),
+        }
+        return table_output(df, meta)
+
+    return selector_choices

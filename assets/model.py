@@ -47,7 +47,7 @@ def build_model_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
             "Every checkpoint is a LoRA adapter on top of it."
         ),
         # the bootstrap corpus holds answers in the think format; the enrich templates do not reach the base model
-        code_version=code_version(cfg.section_hash("model"), prompts.THINK_OPEN, prompts.THINK_CLOSE),
+        code_version=code_version(cfg.section_hash("model"), prompts.ANSWER_FORMAT_VERSION),
     )
     def base(context: dg.AssetExecutionContext, generation: GenerationResource):
         if cfg.model.is_bootstrap:

@@ -76,7 +76,9 @@ def shard_tasks(tasks: Sequence[ExpansionTask], shard_size: int) -> list[list[Ex
 def recipe_key(tasks: Sequence[ExpansionTask], settings: ExpansionSettings, adapter: str | None) -> str:
     """Everything that determines the shards' content; finished shards are reused only under the same key."""
     parts = [
-        prompts.TEMPLATE_VERSION,
+        prompts.ENRICH_VERSION,
+        prompts.ANSWER_FORMAT_VERSION,
+        prompts.RATIONALE_EXTRACTION_VERSION,
         settings.checkpoint_id,
         str(adapter),
         repr(settings.params),
@@ -110,7 +112,7 @@ def _shard_rows(
                     "seed": seed,
                     "temperature": params.temperature,
                     "top_p": params.top_p,
-                    "prompt_template": prompts.TEMPLATE_VERSION,
+                    "prompt_template": prompts.ENRICH_VERSION,
                     "text": text,
                     "n_tokens": completion.n_tokens,
                     "finish_reason": completion.finish_reason,

@@ -3,14 +3,17 @@
 Answering:  x                -> "<think>{r}</think>\\n{y}"
 Enriching:  (x, r, y)        -> r'   (a longer, more explicit rationale consistent with y)
 
-Every template is plain text here; `TEMPLATE_VERSION` hashes them all, and the assets that render a
-template put that hash into their code version, so editing a template marks them stale in Dagster.
-Prompts are chat messages; each engine renders them with its model's own chat template.
+Every template is plain text here with its own version (a hash of what it renders): the answer format
+(think tags), the enriching prompt, the teacher's prompt, and the rationale extraction of generated text.
+Each asset puts the versions of what it renders into its code version, so editing one template marks
+only the assets built from it stale in Dagster. Prompts are chat messages; each engine renders them with
+its model's own chat template.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 
 SKILLS = (
     "reflection",
@@ -49,9 +52,15 @@ do not write it after the steps. Output only the steps.
 ### Response
 {response}"""
 
-TEMPLATE_VERSION = hashlib.sha256(
-    "\x1f".join([ENRICH_TEMPLATE, TEACHER_TEMPLATE, THINK_OPEN, THINK_CLOSE, NO_RATIONALE]).encode()
-).hexdigest()[:12]
+
+def _version(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:12]
+
+
+# What each template renders, including the skill list and the placeholder of a missing rationale.
+ANSWER_FORMAT_VERSION = _version(THINK_OPEN, THINK_CLOSE)
+ENRICH_VERSION = _version(ENRICH_TEMPLATE, *SKILLS, NO_RATIONALE)
+TEACHER_VERSION = _version(TEACHER_TEMPLATE, *SKILLS, NO_RATIONALE)
 
 
 def user_text(instruction: str, input_text: str | None = None) -> str:
@@ -102,3 +111,8 @@ def strip_think(text: str) -> str:
     if THINK_CLOSE in text:
         text = text.split(THINK_CLOSE, 1)[0]
     return text.strip()
+
+
+# strip_think decides what text a candidate (or a teacher's rationale) keeps: its source is part of the
+# recipe of that text, with ANSWER_FORMAT_VERSION (the tags it looks for).
+RATIONALE_EXTRACTION_VERSION = _version(inspect.getsource(strip_think))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -10,6 +11,10 @@ import duckdb
 import pyarrow as pa
 
 from srlm.paths import SQL_DIR
+
+# Bounded memory: best-of-N over 10M candidate rows peaks near 1.2 GB with this limit (2.2 GB without;
+# bench/selection_speed.py); DuckDB spills the rest to the system temp folder, never the working directory.
+DUCKDB_CONFIG = {"memory_limit": "1GB", "temp_directory": str(Path(tempfile.gettempdir()) / "srlm-duckdb")}
 
 
 def sql_text(name: str) -> str:
@@ -28,13 +33,18 @@ def sql_version(*names: str) -> str:
 def run_sql(name: str, relations: Mapping[str, pa.Table | str | Path], params: Mapping[str, Any] | None = None) -> pa.Table:
     """Run sql/<name>.sql in a fresh in-memory DuckDB where each relation (Arrow table or Parquet path)
     is visible under its name."""
-    con = duckdb.connect()
+    return run_query(sql_text(name), relations, params)
+
+
+def run_query(query: str, relations: Mapping[str, pa.Table | str | Path], params: Mapping[str, Any] | None = None) -> pa.Table:
+    """Run one query like run_sql does: a fresh in-memory DuckDB (bounded memory) over the relations."""
+    con = duckdb.connect(config=DUCKDB_CONFIG)
     try:
         for rel_name, source in relations.items():
             if isinstance(source, pa.Table):
                 con.register(rel_name, source)
             else:
                 con.read_parquet(str(source)).create_view(rel_name)
-        return con.sql(sql_text(name), params=dict(params) if params else None).to_arrow_table()
+        return con.sql(query, params=dict(params) if params else None).to_arrow_table()
     finally:
         con.close()

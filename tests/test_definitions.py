@@ -26,7 +26,7 @@ def test_asset_keys(defs):
         "eval/questions", "eval/base_model", "eval/summary", "eval/scaling",
     }
     for t in (1, 2):
-        expected |= {f"iter_{t}/{n}" for n in ("candidates", "scores", "selected", "training_examples", "checkpoint", "eval")}
+        expected |= {f"iter_{t}/{n}" for n in ("candidates", "scores", "selected", "selector_choices", "training_examples", "checkpoint", "eval")}
     assert keys(defs) == expected
 
 
@@ -36,6 +36,7 @@ def test_iteration_chain(defs):
     assert "iter_1/checkpoint" in parents("iter_2/candidates")
     assert "iter_1/training_examples" in parents("iter_2/candidates")
     assert parents("iter_2/selected") == {"iter_2/candidates", "iter_2/scores"}
+    assert parents("iter_2/selector_choices") == {"iter_2/candidates", "iter_2/scores"}
     assert "iter_2/checkpoint" in parents("iter_2/eval")
 
 
@@ -46,6 +47,7 @@ def test_groups(defs):
     assert group("model/base") == "model"
     assert group("iter_0/checkpoint") == "iter_0"
     assert group("iter_2/selected") == "iter_2"
+    assert group("iter_2/selector_choices") == "iter_2"
     assert group("eval/summary") == "eval"
 
 
@@ -70,11 +72,13 @@ def test_continue_from_previous_adds_the_edge(micro_config, monkeypatch):
     assert "iter_0/checkpoint" in parents
 
 
-def test_selector_change_changes_the_code_version(micro_config):
+def test_selector_change_changes_the_code_version_of_selected_only(micro_config):
     from definitions import build_definitions
 
-    def version(selector):
+    def version(selector, asset):
         graph = build_definitions(load_config(micro_config({"select": {"selector": selector}}))).resolve_asset_graph()
-        return graph.get(dg.AssetKey.from_user_string("iter_1/selected")).code_version
+        return graph.get(dg.AssetKey.from_user_string(asset)).code_version
 
-    assert version("length") != version("consistency")
+    assert version("length", "iter_1/selected") != version("consistency", "iter_1/selected")
+    # every selector's choice is stored whatever the configured selector
+    assert version("length", "iter_1/selector_choices") == version("consistency", "iter_1/selector_choices")

@@ -80,6 +80,30 @@ def test_selection_keeps_at_most_one_existing_candidate_per_example(experiment):
                       and isfinite(o.length) and o.likelihood > w.likelihood)""") == 0
 
 
+def test_selector_choices_hold_every_selector_and_the_configured_one_is_selected(experiment):
+    _, home = experiment
+    assert {r["selector"] for r in sql(home, "select distinct selector from selector_choices")} == {"length", "likelihood", "consistency"}
+    assert one(home, "select count(*) from (select example_id, selector from selector_choices group by all having count(*) > 1)") == 0
+    configured = "select * from selector_choices where selector = 'likelihood'"  # the configured selector (micro keeps the default's)
+    assert one(home, f"select count(*) from (({configured}) except all (select * from selected))") == 0
+    assert one(home, f"select count(*) from ((select * from selected) except all ({configured}))") == 0
+    # the README's question: per example, which candidate each selector chose and whether they agree
+    rows = sql(home, WHAT_EACH_SELECTOR_CHOSE)
+    assert len(rows) == one(home, "select count(distinct (iteration, example_id)) from selector_choices")
+    for row in rows:
+        picks = [row["length"], row["likelihood"], row["consistency"]]
+        assert row["all_agree"] == (None not in picks and len(set(picks)) == 1)
+
+
+WHAT_EACH_SELECTOR_CHOSE = """
+    select iteration, example_id,
+           any_value(candidate_id) filter (where selector = 'length') as length,
+           any_value(candidate_id) filter (where selector = 'likelihood') as likelihood,
+           any_value(candidate_id) filter (where selector = 'consistency') as consistency,
+           count(*) = 3 and count(distinct candidate_id) = 1 as all_agree
+    from selector_choices group by iteration, example_id order by iteration, example_id"""
+
+
 def test_training_examples_use_the_selected_rationales(experiment):
     _, home = experiment
     n0 = one(home, "select count(*) from iter_0.training_examples")
@@ -164,7 +188,7 @@ def test_nothing_is_stale_after_the_run(experiment, monkeypatch):
     assert {k for k, s in status.items() if s != StaleStatus.FRESH} == set()
 
 
-def test_changing_the_selector_marks_selection_and_downstream_stale(experiment, monkeypatch):
+def test_changing_the_selector_marks_only_the_selection_stale(experiment, monkeypatch):
     config, home = experiment
     status = _stale(config, home, monkeypatch, {"select": {"selector": "consistency"}})
     # Dagster marks the asset whose code version changed; its dependents follow once it is rematerialized
@@ -172,7 +196,14 @@ def test_changing_the_selector_marks_selection_and_downstream_stale(experiment, 
     assert {k for k, s in status.items() if s == StaleStatus.STALE} == {"iter_1/selected"}
 
 
-def test_editing_a_selection_query_marks_selection_stale(experiment, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("select_likelihood", {"iter_1/selected", "iter_1/selector_choices"}),  # the configured selector's query
+        ("select_length", {"iter_1/selector_choices"}),
+    ],
+)
+def test_editing_a_selection_query_marks_the_assets_that_run_it_stale(experiment, monkeypatch, tmp_path, query, expected):
     import shutil
 
     import srlm.sqlfiles
@@ -180,18 +211,29 @@ def test_editing_a_selection_query_marks_selection_stale(experiment, monkeypatch
     config, home = experiment
     sql_dir = tmp_path / "sql"
     shutil.copytree(srlm.sqlfiles.SQL_DIR, sql_dir)
-    (sql_dir / "select_likelihood.sql").write_text((sql_dir / "select_likelihood.sql").read_text() + "\n-- edited\n")
+    (sql_dir / f"{query}.sql").write_text((sql_dir / f"{query}.sql").read_text() + "\n-- edited\n")
     monkeypatch.setattr(srlm.sqlfiles, "SQL_DIR", sql_dir)
     status = _stale(config, home, monkeypatch)
-    assert {k for k, s in status.items() if s == StaleStatus.STALE} == {"iter_1/selected"}
+    assert {k for k, s in status.items() if s == StaleStatus.STALE} == expected
 
 
-def test_editing_a_prompt_template_marks_generation_stale(experiment, monkeypatch):
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        # the enriching prompt: M0's enriching examples and the candidates it writes
+        ("ENRICH_VERSION", {"iter_0/training_examples", "iter_1/candidates"}),
+        # the think tags: every answering completion, the candidates' extraction and the likelihood prompts
+        ("ANSWER_FORMAT_VERSION", {"iter_0/training_examples", "iter_1/candidates", "iter_1/scores", "iter_1/training_examples"}),
+        ("RATIONALE_EXTRACTION_VERSION", {"iter_1/candidates"}),
+        # the teacher's prompt builds only a teacher catalyst; the micro catalyst is derived
+        ("TEACHER_VERSION", set()),
+    ],
+)
+def test_editing_a_prompt_template_marks_the_iteration_assets_that_render_it_stale(experiment, monkeypatch, template, expected):
     from srlm import prompts
 
     config, home = experiment
-    monkeypatch.setattr(prompts, "TEMPLATE_VERSION", "edited")
+    monkeypatch.setattr(prompts, template, "edited")
     status = _stale(config, home, monkeypatch)
-    stale = {k for k, s in status.items() if s == StaleStatus.STALE}
-    assert {"iter_0/training_examples", "iter_1/candidates", "iter_1/scores"} <= stale
-    assert "iter_1/selected" not in stale and "model/base" not in stale
+    # data/ and model/ assets have their own template versions (assets/data.py, assets/model.py)
+    assert {k for k, s in status.items() if s == StaleStatus.STALE and k.startswith("iter_")} == expected

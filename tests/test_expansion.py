@@ -88,7 +88,7 @@ def test_uninterrupted_run_commits_one_file_per_shard(reference):
         assert r["seed"] == shard_seed(PARAMS.seed, 1, r["shard"])
         assert r["parent_id"] == by_example[r["example_id"]].parent_id
         assert (r["iteration"], r["checkpoint_id"], r["run_id"]) == (1, "ckpt-0", "run-ref")
-        assert (r["temperature"], r["top_p"], r["prompt_template"]) == (1.0, 0.95, prompts.TEMPLATE_VERSION)
+        assert (r["temperature"], r["top_p"], r["prompt_template"]) == (1.0, 0.95, prompts.ENRICH_VERSION)
         assert 1 <= r["n_tokens"] <= 12 and r["finish_reason"] in ("stop", "length")
     assert len({r["candidate_id"] for r in rows}) == len(rows)
     assert len({shard_seed(PARAMS.seed, 1, s) for s in range(3)}) == 3

@@ -5,7 +5,8 @@ import math
 import pyarrow as pa
 import pytest
 
-from srlm.selection import select_best, selection_sql_version
+import srlm.sqlfiles
+from srlm.selection import count_examples, select_best, select_with_every_selector, selection_sql_version
 
 INF = math.inf
 
@@ -104,5 +105,40 @@ def test_reads_parquet_files_too(tmp_path):
     assert chosen(select_best(tmp_path / "c.parquet", tmp_path / "s.parquet", "length")) == {"e1": "a", "e2": "d"}
 
 
-def test_sql_version_is_stable():
-    assert selection_sql_version() == selection_sql_version()
+def test_every_selector_choice_is_kept_side_by_side():
+    parents = [("e1", 25, 0.25, 0.0), ("e2", 0, 0.0, 0.0)]
+    choices = select_with_every_selector(*tables(ROWS, parents), margin=0.1).to_pylist()
+    picks = {(r["selector"], r["example_id"]): r["candidate_id"] for r in choices}
+    assert len(picks) == len(choices)  # at most one row per selector and example
+    # e1: only length (30 > 25 + 0.1) and consistency (0.5 > 0.0 + 0.1) beat the parent; likelihood keeps none
+    assert picks == {("length", "e1"): "a", ("consistency", "e1"): "c", ("length", "e2"): "d",
+                     ("likelihood", "e2"): "d", ("consistency", "e2"): "d"}
+    for selector in ("length", "likelihood", "consistency"):
+        alone = select_best(*tables(ROWS, parents), selector, margin=0.1).to_pylist()
+        assert [r for r in choices if r["selector"] == selector] == alone
+
+
+def test_count_examples_reads_parquet(tmp_path):
+    import pyarrow.parquet as pq
+
+    pq.write_table(tables(ROWS)[0], tmp_path / "c.parquet")
+    assert count_examples(tmp_path / "c.parquet") == 2
+
+
+def test_sql_version_follows_the_query_files(tmp_path, monkeypatch):
+    import shutil
+
+    before = {s: selection_sql_version([s]) for s in ("length", "likelihood")}
+    every_before = selection_sql_version()
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(srlm.sqlfiles.SQL_DIR, sql_dir)
+    (sql_dir / "select_length.sql").write_text((sql_dir / "select_length.sql").read_text() + "\n-- edited\n")
+    monkeypatch.setattr(srlm.sqlfiles, "SQL_DIR", sql_dir)
+    assert selection_sql_version(["length"]) != before["length"]
+    assert selection_sql_version(["likelihood"]) == before["likelihood"]  # another selector's file was edited
+    assert selection_sql_version() != every_before
+
+
+def test_sql_version_of_an_unknown_selector():
+    with pytest.raises(ValueError, match="unknown selector 'best'"):
+        selection_sql_version(["best"])
