@@ -13,10 +13,10 @@ from assets.data import BASE_MODEL
 from assets.iteration import key
 from assets.tables import code_version, frame, table_output
 from resources import GenerationResource, WarehouseResource
-from srlm import answer_extraction, benchmarks, plots
+from srlm import answer_extraction, benchmarks, evaluation, plots, voting
 from srlm.benchmarks import Question, read_benchmark, sample_questions
 from srlm.config import ExperimentConfig
-from srlm.evaluation import EvalSettings, evaluate
+from srlm.evaluation import EvalSettings, accuracy_at_smallest_n, evaluate
 from srlm.sqlfiles import run_sql, sql_version
 
 QUESTIONS = dg.AssetKey(["eval", "questions"])
@@ -26,11 +26,12 @@ SCALING = dg.AssetKey(["eval", "scaling"])
 
 
 def _source_version(*modules) -> str:
-    """The evaluation recipe lives in code (prompt builders, extraction rules): hash their source."""
+    """The evaluation recipe lives in code (readers and prompt templates, extraction rules, the protocols
+    and voting): hash their source."""
     return hashlib.sha256(b"".join(open(m.__file__, "rb").read() for m in modules)).hexdigest()[:12]
 
 
-EVAL_RECIPE = _source_version(benchmarks, answer_extraction)
+EVAL_RECIPE = _source_version(benchmarks, answer_extraction, evaluation, voting)
 
 
 def questions_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
@@ -50,6 +51,19 @@ def eval_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
         __base__=dg.Config,
         samples=(list[int], Field(default=list(e.samples), min_length=1, description="N values: majority vote over N sampled answers")),
         temperature=(float, Field(default=e.temperature, ge=0, le=10, description="sampling temperature of the generate protocol")),
+    )
+
+
+def eval_settings(cfg: ExperimentConfig, config: dg.Config, asset_key: dg.AssetKey) -> EvalSettings:
+    """The settings of one evaluation run from its Launchpad knobs. The Launchpad does not enforce pydantic
+    bounds, so the sample counts are checked here, before any generation, naming the knob."""
+    knob = f"run config 'samples' of {asset_key.to_user_string()}"
+    return EvalSettings(
+        samples=voting.check_sample_counts(config.samples, knob),
+        temperature=config.temperature,
+        top_p=cfg.eval.top_p,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        seed=cfg.eval.seed,
     )
 
 
@@ -127,27 +141,19 @@ def _evaluation(
         ins["checkpoint"] = dg.AssetIn(checkpoint_key)
 
     def run(context, config, generation: GenerationResource, questions: pl.DataFrame, base: pl.DataFrame, checkpoint):
+        settings = eval_settings(cfg, config, asset_key)
         model = checkpoint if checkpoint is not None else base
         sampled = questions.filter(pl.col("sampled"))
         by_benchmark = {
             name: [to_question(r) for r in sampled.filter(pl.col("benchmark") == name).iter_rows(named=True)]
             for name in protocols
         }
-        settings = EvalSettings(
-            samples=tuple(sorted(set(config.samples))),
-            temperature=config.temperature,
-            top_p=cfg.eval.top_p,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            seed=cfg.eval.seed,
-        )
         engine = generation.engine(base["path"][0])
         adapter = checkpoint["path"][0] if checkpoint is not None else None
         rows = evaluate(by_benchmark, protocols, engine, adapter, settings, log=context.log.info)
         ident = {"checkpoint_id": model["checkpoint_id"][0], "iteration": int(model["iteration"][0])}
         df = frame(({**ident, **r} for r in rows), schemas.EVALS)
-        first = df.filter(pl.col("n_samples") == pl.col("n_samples").min().over("benchmark"))
-        accuracy = first.group_by("benchmark").agg(pl.col("correct").mean()).sort("benchmark")
-        meta = {f"accuracy/{r['benchmark']}": float(r["correct"]) for r in accuracy.iter_rows(named=True)}
+        meta = {f"accuracy/{b}": a for b, a in accuracy_at_smallest_n(rows).items()}
         return table_output(df, {"checkpoint_id": ident["checkpoint_id"], **meta})
 
     # Dagster reads an asset's inputs and config from its signature, so both variants are spelled out.

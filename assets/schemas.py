@@ -98,7 +98,9 @@ EVALS = {
     "prediction": pl.String,
     "correct": pl.Boolean,
     "gold": pl.String,
-    "completion": pl.String,  # the first sampled answer (generate) or the chosen option's text
+    # generate: the first of the N sampled completions whose answer is the vote (the first one when none was
+    # read); loglikelihood: the chosen option's text
+    "completion": pl.String,
     "sample_predictions": pl.List(pl.String),  # the N extracted answers that voted
     "choice_logprobs": pl.List(pl.Float64),  # loglikelihood: total log p of each option
 }

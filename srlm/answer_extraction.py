@@ -12,25 +12,40 @@ Common ground
 
 GSM8K and numeric BBH tasks (object_counting, multistep_arithmetic_two): a number, written like
 "1,234", "$1,234.50", "-3", "0.5", "12 dollars", "5kg" or "72." (a trailing period is not a decimal
-point). Taken: the first number of the marked span; else the last number of the final-answer text;
-else the last number of the whole completion. Normalized: no "$" or thousands commas, no trailing
+point). Taken: in the first sentence of the marked span (up to ".", "!", "?" or ";" before a space),
+the first number after its last "=" ("The answer is 5 + 3 = 8." -> 8), else its first number ("The
+answer is 18 dollars per day for 7 days." -> 18); else the last number of the final-answer text; else
+the last number of the whole completion. Normalized: no "$" or thousands commas, no trailing
 zeros after the decimal point ("72.00" -> "72", "0.50" -> "0.5"), "-0" -> "0".
 
 Multiple choice (ARC, MMLU, HellaSwag; the labels are the question's own, "A".."E" or "1".."4").
+*Naming* a label in running text: "(B)" or "[B]" standing alone (any case; "poly(A)tail" names none),
+"option B" / "choice B" / "letter B" (any case), or a bare capital letter standing alone ("B" in "Bob",
+"D.C." or "B's" is none). Bare digits and bare lowercase letters name nothing (numbers and articles are
+everywhere). Two capitals are also English words: "I" before a lowercase word is the pronoun ("I think"),
+and "A" opening a sentence before a lowercase word is the article ("A planet is ..."); before "is",
+"was", "and", "or", "because" or "since" they name labels ("A is correct"). A capital ending a phrase
+that an option holds ("vitamin C" with an option "Vitamin C") is that option's text, not a label.
 The first rule that finds a label wins:
-1. the marked span starts with a label: "Answer: B", "the answer is (b)", "answer is option C";
-2. the first line of the final-answer text that starts with "(B)", or with "B)", "B.", "B:", "B,"
-   before a space or the line end, or is just "B" (uppercase; lowercase only as "(b)" or "b)");
-   a final-answer text that is one label character, in any case, counts too;
-3. the last standalone "(B)" in the final-answer text ("poly(A)tail" has none);
-4. option text: the marked span (else the final-answer text) equals exactly one option's text
-   (ignoring case, spacing, quotes, emphasis and a final period), else contains the words of exactly
-   one option, not counting an option whose words lie inside another matching one ("Paris" inside
-   "Paris, Texas");
-5. rule 1 on the marked span of the whole completion (an answer stated inside the reasoning).
-A label is a standalone token: "B" in "Bob" is not. A lowercase letter after a marker needs
-punctuation or the end after it ("the answer is a good one" finds nothing). Result: the label as the
-data writes it.
+1. the marked span starts with a label, possibly after a hedge ("probably", "likely", "most likely",
+   "definitely", "clearly", "certainly", "surely") and a label word: "Answer: B", "the answer is (b)",
+   "answer is option C", "The answer is probably [B].";
+2. the final-answer text is a label and nothing else, in any case: "B", "(b)", "[B]", "Option B", "**B**";
+3. the last label called correct or chosen: "B is correct", "(B) was the right answer",
+   "option B is right", "I choose B", "I'd pick (B)", "I will go with option B";
+4. one label opens lines or sentences of the final-answer text, as "(B)", "[B]", "B)", "B.", "B:",
+   "B," (before a space or the end), "b)", alone, or after "Option": "B) Mercury", "B. Mercury is
+   closest." When different labels open lines or sentences ("A. Venus is wrong. B. Mercury is right.")
+   the text lists options and this rule decides nothing;
+5. the marked span (else the final-answer text) equals exactly one option's text (ignoring case,
+   spacing, quotes, emphasis and a final period);
+6. the last label the final-answer text names: "Not A, it is B." -> B, "A. Venus is wrong. B. Mercury
+   is right." -> B (a list of options gives the last one it names);
+7. the marked span (else the final-answer text) contains the words of exactly one option, not counting
+   an option whose words lie inside another matching one ("Paris" inside "Paris, Texas");
+8. rule 1 on the marked span of the whole completion (an answer stated inside the reasoning).
+A lowercase letter after a marker needs punctuation or the end after it ("the answer is a good one"
+finds nothing). Result: the label as the data writes it.
 
 BBH: the answer form is read from the gold target (`answer_form`). The places looked at, in order:
 the marked span, the final-answer text, the marked span of the whole completion.
@@ -39,11 +54,16 @@ the marked span, the final-answer text, the marked span of the whole completion.
 - True/False, valid/invalid, Yes/No: the first of the two words in the first place holding one;
   result in the gold's casing ("True", "valid", "Yes" or "yes");
 - number: as GSM8K;
-- brackets (dyck_languages): the bracket characters of the first place's first line, separated by
-  single spaces;
-- words (word_sorting): the first place's first line split at whitespace and commas, list markers
-  ("1.", "-") and surrounding quotes dropped, lowercased, joined by single spaces; when that line
-  holds a single word, the one-word-per-line list that starts there (up to a blank line);
+- brackets and words first drop a *lead-in*: the first place's first line up to its last colon
+  ("Sorted:", "The closing sequence is:"); when nothing follows the colon, the answer starts on the
+  next line;
+- brackets (dyck_languages): the bracket characters of the first line, separated by single spaces;
+  when they start with the whole input sequence of the question (after "Input:"), the model wrote the
+  completed sequence and only what follows the input is kept ("The completed sequence is [ ( ] )" for
+  the input "[ (" -> "] )");
+- words (word_sorting): the first line split at whitespace and commas, list markers ("1.", "-") and
+  surrounding quotes dropped, lowercased, joined by single spaces; when that line holds a single word,
+  the one-word-per-line list that starts there (up to a blank line);
 - text (anything else): the first place's first line without quotes, emphasis or a final period.
 
 Correctness compares normalized forms: numbers numerically as above; labels, options and the binary
@@ -64,10 +84,35 @@ _MARKER = re.compile(
 )
 # sign, optional "$", digits with thousands commas or plain, decimals; never inside a word or a number
 _NUMBER = re.compile(r"(?<![\w.])(-?)(?:\$\s?)?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?")
+# a sentence ends at ".", "!", "?" or ";" before a space or the end ("0.5" goes on)
+_SENTENCE_END = re.compile(r"[.!?;](?=\s|$)")
 _BINARY_FORMS = {"true/false": ("true", "false"), "valid/invalid": ("valid", "invalid"), "yes/no": ("yes", "no")}
 _BBH_OPTION = re.compile(r"^\(([A-R])\)\s*(.*)$", re.MULTILINE)
 _BRACKETS = re.compile(r"[()\[\]{}<>]")
 _DECORATION = "*_`\"' \t"  # markdown emphasis and quotes around an answer
+
+# multiple choice (rule numbers: module docstring)
+_LABEL_PREFIX = re.compile(
+    r"^(?:(?:most\s+)?(?:probably|likely)\s+|(?:definitely|clearly|certainly|surely)\s+)?(?:(?:option|choice|letter)\s+)?",
+    re.IGNORECASE,
+)
+_LONE_LABEL = re.compile(r"(?:(?:option|choice)\s+)?[(\[]?([a-z0-9])[)\]]?", re.IGNORECASE)
+# "(B)" or "[b]" standing alone | "option b" | a bare capital, not inside a word, "(A)tail", "D.C." or "B's"
+_MENTION = re.compile(
+    r"(?<!\w)(?:\(([A-Za-z0-9])\)|\[([A-Za-z0-9])\])(?!\w)"
+    r"|\b(?i:option|choice|letter)\s+([A-Za-z0-9])(?![\w'’])"
+    r"|(?<![\w.,$'’(\[-])([A-Z])(?![\w'’-]|[.,]\w)"
+)
+_LOWERCASE_WORD_NEXT = re.compile(r"\s+(?!(?:is|was|and|or|because|since)\b)[a-z]")
+_LOOKBACK = 60  # characters before a label searched for the word or the choosing phrase that precedes it
+_CALLED_CORRECT = re.compile(r"\s*(?:is|was)\s+(?:the\s+)?(?:correct|right)\b", re.IGNORECASE)
+_CHOSEN_BY = re.compile(r"\bI(?:'d|'ll|\s+would|\s+will)?\s+(?:choose|pick|select|go\s+with)\s+$", re.IGNORECASE)
+# a label opening a line or sentence: "(B)", "[B]", "B)", "B.", "B:", "B," (before a space or the end),
+# "B" alone, "b)", each possibly after "Option"
+_OPENING_LABEL = re.compile(
+    r"(?:(?i:option|choice)\s+)?(?:[(\[]([A-Za-z0-9])[)\]]|([A-Z0-9])(?:[).:,](?=\s|$)|$)|([a-z])\))"
+)
+_PIECES = re.compile(r"\n|(?<=[.!?])\s+")  # lines and sentences
 
 
 def final_answer_text(completion: str) -> str:
@@ -100,10 +145,17 @@ def _number_from_match(match: re.Match[str]) -> str:
     return format(value.normalize(), "f")
 
 
+def _span_number(span: str) -> str | None:
+    """In the span's first sentence, the first number after the last "=" (the result of "5 + 3 = 8"),
+    else its first number."""
+    sentence = _SENTENCE_END.split(span, 1)[0]
+    return normalize_number(sentence.rsplit("=", 1)[-1]) or normalize_number(sentence)
+
+
 def _extract_number(completion: str) -> str | None:
     final = final_answer_text(completion)
     span = _marked_span(final)
-    if span and (number := normalize_number(span)):
+    if span and (number := _span_number(span)):
         return number
     for text in (final, completion):
         matches = list(_NUMBER.finditer(text))
@@ -129,47 +181,106 @@ def _contains(words: tuple[str, ...], part: tuple[str, ...]) -> bool:
     return any(words[i : i + n] == part for i in range(len(words) - n + 1))
 
 
+def _known(char: str, labels: tuple[str, ...]) -> str | None:
+    return char.upper() if char.upper() in labels else None
+
+
 def _label_at_start(span: str, labels: tuple[str, ...]) -> str | None:
-    """Rule 1: a label opening the span ("B", "(b)", "option C", "B. text"), as a standalone token."""
-    span = re.sub(r"^(?:option|choice)\s+", "", span.strip(_DECORATION), flags=re.IGNORECASE)
-    match = re.match(r"(\()?([A-Za-z0-9])(\))?(.?)", span)
+    """Rule 1: a label opening the span, after a hedge or a label word ("B", "(b)", "[B]", "option C",
+    "probably B", "B. text"), as a standalone token."""
+    span = _LABEL_PREFIX.sub("", span.strip(_DECORATION), count=1)
+    match = re.match(r"([(\[])?([A-Za-z0-9])([)\]])?(.?)", span)
     if not match:
         return None
-    open_paren, char, close_paren, after = match.groups()
-    if after.isalnum() or char.upper() not in labels:
+    open_bracket, char, close_bracket, after = match.groups()
+    if after.isalnum():
         return None
-    if char.islower() and not (open_paren or close_paren) and after not in ("", ".", ",", ";", ":", "!", "?"):
+    if char.islower() and not (open_bracket or close_bracket) and after not in ("", ".", ",", ";", ":", "!", "?"):
         return None  # "the answer is a good one": an article, not a label
-    return char.upper()
+    return _known(char, labels)
 
 
-def _label_on_line(text: str, labels: tuple[str, ...]) -> str | None:
-    """Rule 2: a line opening with "(B)", "B)", "B.", "B:", "B,", or being just "B"."""
-    stripped = text.strip(_DECORATION + ".")
-    if len(stripped) == 1 and stripped.upper() in labels:
-        return stripped.upper()
-    for line in text.split("\n"):
-        line = line.strip(_DECORATION)
-        match = re.match(r"\(([A-Za-z0-9])\)|([A-Z0-9])(?:[).:,](?=\s|$)|$)|([a-z])\)", line)
-        if match:
-            char = next(g for g in match.groups() if g)
-            if char.upper() in labels:
-                return char.upper()
-    return None
+def _lone_label(text: str, labels: tuple[str, ...]) -> str | None:
+    """Rule 2: the final-answer text is a label and nothing else ("B", "(b)", "[B]", "Option B", "**B**")."""
+    match = _LONE_LABEL.fullmatch(text.strip(_DECORATION + "."))
+    return _known(match.group(1), labels) if match else None
 
 
-def _label_in_parens(text: str, labels: tuple[str, ...]) -> str | None:
-    """Rule 3: the last standalone "(B)" anywhere ("poly(A)tail" has none)."""
-    found = [m.group(1).upper() for m in re.finditer(r"(?<!\w)\(([A-Za-z0-9])\)(?!\w)", text)]
-    found = [label for label in found if label in labels]
-    return found[-1] if found else None
+def _mentions(text: str, labels: tuple[str, ...], choices: tuple[str, ...]) -> list[tuple[re.Match[str], str]]:
+    """The labels `text` names, in order, with where it names them (module docstring, "naming")."""
+    found = []
+    option_words = [re.findall(r"\w+", choice) for choice in choices]
+    for match in _MENTION.finditer(text):
+        label = _known(next(g for g in match.groups() if g), labels)
+        bare = match.group(4)
+        if label and not (bare and (_is_a_word(text, match) or _ends_option_phrase(text, match, option_words))):
+            found.append((match, label))
+    return found
 
 
-def _label_by_text(text: str, choices: tuple[str, ...], labels: tuple[str, ...]) -> str | None:
-    """Rule 4: the one option the answer equals, else the one option whose words it contains."""
+def _is_a_word(text: str, match: re.Match[str]) -> bool:
+    """ "I" before a lowercase word is the pronoun ("I think"); "A" opening a sentence before one is the
+    article ("A planet"); "A is correct" and "A and B" still name labels."""
+    letter = match.group(4)
+    if letter not in ("A", "I") or not _LOWERCASE_WORD_NEXT.match(text, match.end()):
+        return False
+    return letter == "I" or _opens_sentence(text, match.start())
+
+
+def _opens_sentence(text: str, position: int) -> bool:
+    """Whether only quotes or emphasis stand between `position` and the start of the text, a line, or a
+    sentence ending in ".", "!", "?" or ":"."""
+    while position > 0 and text[position - 1] in _DECORATION:
+        position -= 1
+    return position == 0 or text[position - 1] in ".!?:\n"
+
+
+def _ends_option_phrase(text: str, match: re.Match[str], option_words: list[list[str]]) -> bool:
+    """A capital ending a phrase that an option holds with that capital ("vitamin C" with a "Vitamin C"
+    option) is that text."""
+    before = _words(text[max(0, match.start() - _LOOKBACK) : match.start()])
+    letter = match.group(4)
+    return bool(before) and any(
+        first.casefold() == before[-1] and second == letter for words in option_words for first, second in zip(words, words[1:])
+    )
+
+
+def _affirmed_label(text: str, labels: tuple[str, ...], choices: tuple[str, ...]) -> str | None:
+    """Rule 3: the last label called correct ("B is correct", "option B is the right answer") or chosen
+    ("I pick (B)", "I'd go with B")."""
+    hits = []
+    for match, label in _mentions(text, labels, choices):
+        before = text[max(0, match.start() - _LOOKBACK) : match.start()]
+        if _CALLED_CORRECT.match(text, match.end()) or _CHOSEN_BY.search(before):
+            hits.append(label)
+    return hits[-1] if hits else None
+
+
+def _opening_label(text: str, labels: tuple[str, ...]) -> str | None:
+    """Rule 4: the one label that opens lines or sentences ("B) Mercury", "B. Mercury is closest.");
+    different ones opening several ("A. Venus ... B. Mercury ...") list the options and decide nothing."""
+    opened = []
+    for piece in _PIECES.split(text):
+        match = _OPENING_LABEL.match(piece.strip(_DECORATION))
+        if match and (label := _known(next(g for g in match.groups() if g), labels)):
+            opened.append(label)
+    return opened[0] if len(set(opened)) == 1 else None
+
+
+def _label_by_exact_text(text: str, choices: tuple[str, ...], labels: tuple[str, ...]) -> str | None:
+    """Rule 5: the one option whose text the answer equals."""
     exact = [i for i, choice in enumerate(choices) if _plain(choice) and _plain(choice) == _plain(text)]
-    if len(exact) == 1:
-        return labels[exact[0]]
+    return labels[exact[0]] if len(exact) == 1 else None
+
+
+def _last_named_label(text: str, labels: tuple[str, ...], choices: tuple[str, ...]) -> str | None:
+    """Rule 6: the last label the text names ("Not A, it is B.")."""
+    named = _mentions(text, labels, choices)
+    return named[-1][1] if named else None
+
+
+def _label_by_words(text: str, choices: tuple[str, ...], labels: tuple[str, ...]) -> str | None:
+    """Rule 7: the one option whose words the answer contains."""
     words = _words(text)
     options = [_words(c) for c in choices]
     hits = [i for i, option in enumerate(options) if option and _contains(words, option)]
@@ -185,9 +296,12 @@ def _extract_label(completion: str, choices: tuple[str, ...], labels: tuple[str,
     whole_span = _marked_span(completion)
     return (
         (span and _label_at_start(span, labels))
-        or _label_on_line(final, labels)
-        or _label_in_parens(final, labels)
-        or _label_by_text(span or final, choices, labels)
+        or _lone_label(final, labels)
+        or _affirmed_label(final, labels, choices)
+        or _opening_label(final, labels)
+        or _label_by_exact_text(span or final, choices, labels)
+        or _last_named_label(final, labels, choices)
+        or _label_by_words(span or final, choices, labels)
         or (whole_span and _label_at_start(whole_span, labels))
         or None
     )
@@ -267,12 +381,30 @@ def _extract_bbh(q: Question, completion: str, form: str) -> str | None:
         return _in_gold_casing(word, q.answer.strip()) if word else None
     if not places:
         return None
-    first_line = places[0].split("\n", 1)[0]
     if form == "brackets":
-        return " ".join(_BRACKETS.findall(first_line)) or None
+        return _closing_brackets(q, _after_lead_in(places[0]).split("\n", 1)[0])
     if form == "words":
-        return _word_list(places[0])
-    return first_line.strip(_DECORATION).rstrip(".") or None
+        return _word_list(_after_lead_in(places[0]))
+    return places[0].split("\n", 1)[0].strip(_DECORATION).rstrip(".") or None
+
+
+def _after_lead_in(text: str) -> str:
+    """The text without a lead-in that ends in a colon on its first line ("Sorted:", "The sorted list
+    is:"); when nothing follows the colon, the text goes on at the next line."""
+    first, _, rest = text.partition("\n")
+    if ":" not in first:
+        return text
+    return f"{first.rsplit(':', 1)[1]}\n{rest}".strip()
+
+
+def _closing_brackets(q: Question, line: str) -> str | None:
+    """The line's brackets; a completed sequence that repeats the question's input ("[ ( ] )" for the
+    input "[ (") keeps only what follows the input."""
+    found = _BRACKETS.findall(line)
+    given = _BRACKETS.findall(q.question.rsplit("Input:", 1)[1]) if "Input:" in q.question else []
+    if given and found[: len(given)] == given:
+        found = found[len(given) :]
+    return " ".join(found) or None
 
 
 def _in_gold_casing(word: str, gold: str) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import hashlib
 import json
 import random
 import re
@@ -305,11 +304,6 @@ ANSWER_FORMS = {
     "free": "",  # bbh: the task input shows its options or answer form
 }
 HELLASWAG_LEAD = "Which ending completes the text best?"
-
-# Changes whenever a template string does; evaluation assets put it into their code version.
-GENERATION_PROMPT_VERSION = hashlib.sha256(
-    "\x1f".join([INSTRUCTION, *ANSWER_FORMS.values(), HELLASWAG_LEAD]).encode()
-).hexdigest()[:12]
 
 
 def generation_messages(q: Question) -> list[dict[str, str]]:

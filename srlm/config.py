@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from srlm.kit import KitNotFound, find_data_kit
 from srlm.paths import DEFAULT_CONFIG
+from srlm.voting import check_sample_counts
 
 CONFIG_ENV = "SRLM_CONFIG"
 HOME_ENV = "SRLM_HOME"
@@ -210,10 +211,14 @@ class Eval(_Section):
     benchmarks: dict[Literal["gsm8k", "arc_challenge", "mmlu", "hellaswag", "bbh"], Benchmark]
     decontamination_ngram: int = Field(ge=4)
 
+    @field_validator("samples")
+    @classmethod
+    def _distinct_positive_samples(cls, samples: list[int]) -> list[int]:
+        check_sample_counts(samples, "samples")
+        return samples
+
     @model_validator(mode="after")
     def _checks(self) -> "Eval":
-        if any(n < 1 for n in self.samples):
-            raise ValueError(f"samples must be positive integers, got {self.samples}")
         for name, bench in self.benchmarks.items():
             if bench.protocol == "loglikelihood" and name in ("gsm8k", "bbh"):
                 raise ValueError(f"benchmarks.{name}: protocol 'loglikelihood' needs multiple choice; use 'generate'")

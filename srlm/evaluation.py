@@ -2,7 +2,10 @@
 
 - generate:      zero-shot chat prompt; the model writes <think>reasoning</think> and an answer; the answer
                  is extracted by srlm.answer_extraction's documented rules. max(N) answers are sampled once
-                 per question; the vote for each N uses the first N of them (srlm.voting).
+                 per question; the vote for each N uses the first N of them (srlm.voting). The row of N
+                 stores that vote as `prediction`, the N extracted answers as `sample_predictions`, and
+                 as `completion` the first of those N completions whose answer is the vote (the first
+                 completion when none could be read).
 - loglikelihood: multiple choice: the choice whose continuation has the highest total log-probability
                  (lm-evaluation-harness's "acc"); deterministic, so only N = 1.
 
@@ -11,8 +14,9 @@ Rows: one per question and N, with the columns of the `evals` view (DESIGN.md 4)
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from srlm.answer_extraction import extract_answer, is_correct
 from srlm.benchmarks import Question, generation_messages, loglikelihood_requests
@@ -47,6 +51,8 @@ def evaluate_generate(
         predictions = [extract_answer(q, c.text) for c in out.completions]
         for n in sorted(settings.samples):
             vote = majority_vote(predictions[:n])
+            # the first of the N completions that gave the vote: the row's text shows how its prediction came
+            voter = predictions.index(vote) if vote is not None else 0
             rows.append(
                 {
                     "benchmark": q.benchmark,
@@ -56,7 +62,7 @@ def evaluate_generate(
                     "prediction": vote,
                     "correct": is_correct(q, vote),
                     "gold": q.answer,
-                    "completion": out.completions[0].text,
+                    "completion": out.completions[voter].text,
                     "sample_predictions": predictions[:n],
                     "choice_logprobs": None,
                 }
@@ -108,9 +114,19 @@ def evaluate(
             part = evaluate_generate(questions, engine, adapter, settings)
         else:
             part = evaluate_loglikelihood(questions, engine, adapter)
-        smallest_n = min(settings.samples) if protocol == "generate" else 1
-        at_one = [r for r in part if r["n_samples"] == smallest_n]
-        accuracy = sum(r["correct"] for r in at_one) / len(at_one) if at_one else 0.0
+        accuracy = accuracy_at_smallest_n(part).get(benchmark, 0.0)
         log(f"{benchmark} ({protocol}): {len(questions)} questions, accuracy {accuracy:.3f}")
         rows += part
     return rows
+
+
+def accuracy_at_smallest_n(rows: Iterable[Mapping]) -> dict[str, float]:
+    """Accuracy per benchmark at its smallest N (one sample unless the config starts higher), over rows
+    with the `evals` columns benchmark, n_samples and correct; benchmarks in sorted order."""
+    smallest: dict[str, int] = {}
+    correct: dict[tuple[str, int], list[bool]] = defaultdict(list)
+    for row in rows:
+        benchmark, n = row["benchmark"], row["n_samples"]
+        smallest[benchmark] = min(n, smallest.get(benchmark, n))
+        correct[benchmark, n].append(bool(row["correct"]))
+    return {b: sum(correct[b, n]) / len(correct[b, n]) for b, n in sorted(smallest.items())}

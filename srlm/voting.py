@@ -1,4 +1,4 @@
-"""Majority voting over sampled answers, and accuracy against the number of samples (inference-time scaling).
+"""Majority voting over sampled answers, and the sample counts N of inference-time scaling.
 
 For each question the evaluation draws max(ns) answers once, independently and in order. The vote for
 N samples uses the first N of them: a prefix of i.i.d. samples is itself an i.i.d. sample of size N,
@@ -8,10 +8,7 @@ so each accuracy-at-N is unbiased, and the curve costs one generation pass inste
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-
-from srlm.answer_extraction import is_correct
-from srlm.benchmarks import Question
+from collections.abc import Sequence
 
 
 def majority_vote(predictions: Sequence[str | None]) -> str | None:
@@ -23,29 +20,15 @@ def majority_vote(predictions: Sequence[str | None]) -> str | None:
     return max(counts, key=counts.__getitem__)
 
 
-def scaling_accuracy(
-    samples: Mapping[str, Sequence[str | None]],
-    gold: Mapping[str, Question],
-    ns: Sequence[int],
-) -> dict[int, float]:
-    """Accuracy of the majority vote over the first n samples of every question, for each n in `ns`.
-
-    `samples` maps question_id -> extracted predictions in sampling order; `gold` maps question_id ->
-    Question (it may hold more questions than `samples`). Raises ValueError when `ns` or `samples` is
-    empty, an n is not positive, a question is missing from `gold`, or a question has fewer than max(ns)
-    samples.
-    """
-    if not ns or any(n < 1 for n in ns):
-        raise ValueError(f"ns must be positive sample counts, got {list(ns)}")
+def check_sample_counts(samples: Sequence[int], knob: str) -> tuple[int, ...]:
+    """The sample counts N, sorted; ValueError naming `knob` unless they are distinct positive integers
+    (an N of 0 would vote over nothing, a negative one over a slice that drops the last answers)."""
     if not samples:
-        raise ValueError("no questions to score")
-    needed = max(ns)
-    for question_id, predictions in samples.items():
-        if question_id not in gold:
-            raise ValueError(f"no gold question for {question_id!r}")
-        if len(predictions) < needed:
-            raise ValueError(f"{question_id} has {len(predictions)} samples; the largest N needs {needed}")
-    return {
-        n: sum(is_correct(gold[qid], majority_vote(preds[:n])) for qid, preds in samples.items()) / len(samples)
-        for n in ns
-    }
+        raise ValueError(f"{knob} needs at least one sample count N")
+    bad = [n for n in samples if n < 1]
+    if bad:
+        raise ValueError(f"{knob} must be positive integers, got {bad} in {list(samples)}")
+    repeated = sorted(n for n, count in Counter(samples).items() if count > 1)
+    if repeated:
+        raise ValueError(f"{knob} must be distinct, got {repeated} repeated in {list(samples)}")
+    return tuple(sorted(samples))

@@ -25,6 +25,10 @@ SIGNS = Question(
     "mmlu", "mmlu/college_mathematics/0", "college_mathematics", "Which is a square root of -1?",
     ("1", "-1", "i", "-i"), ("A", "B", "C", "D"), "C", 2,
 )
+VITAMINS = Question(
+    "mmlu", "mmlu/nutrition/0", "nutrition", "Which vitamin prevents scurvy?",
+    ("Vitamin C", "Vitamin D", "Iron", "Zinc"), ("A", "B", "C", "D"), "A", 0,
+)
 HELLASWAG = Question(
     "hellaswag", "hellaswag/0", "", "Making tea: A woman fills a kettle. she",
     ("throws the kettle away.", "paints the stove.", "waits for the water to boil.", "juggles oranges."),
@@ -50,6 +54,11 @@ ARITHMETIC = bbh("multistep_arithmetic_two", "-35")
 SORTING = bbh("word_sorting", "can't ox yak zebra")
 DYCK = bbh("dyck_languages", "] ) >")
 MOVIE = bbh("movie_recommendation", "Monsters, Inc")
+DYCK_INPUT = bbh(
+    "dyck_languages", "] )",
+    "Complete the rest of the sequence, making sure that the parentheses are closed properly. Input: [ (",
+)
+MANY = bbh("logical_deduction_seven_objects", "(I)", "\n".join(f"({c}) item {c}" for c in "ABCDEFGHIJ"))
 
 
 def test_final_answer_text():
@@ -86,6 +95,10 @@ CASES = [
     (GSM, "<think>1 / 2</think>\n0.5", "0.5"),
     (GSM, "<think>x</think>\n72.00", "72"),
     (GSM, "The answer is 18 dollars per day for 7 days.", "18"),  # the marked span wins over the last number
+    (GSM, "The answer is 5 + 3 = 8.", "8"),  # the result of the expression, not its first operand
+    (GSM, "#### 1,000 + 234 = 1,234", "1234"),
+    (GSM, "The answer is 2 * 3 = 6 = 1,234. Then 9 + 1 = 10.", "1234"),  # the last "=" of the first sentence
+    (GSM, "The answer is 12. 5 + 3 = 8 was a check.", "12"),  # a later sentence's "=" does not count
     # --- gsm8k: messy / failing
     (GSM, "<think>3 + 4 = 7 apples</think>\nSo she has seven apples.", "7"),  # no number after </think>
     (GSM, "<think>I am not sure.</think>\nI cannot tell.", None),
@@ -112,6 +125,30 @@ CASES = [
     (MMLU, "<think>x</think>\nMercury, as in poly(A)tail notation", "B"),  # "(A)" inside a word is no label
     (HELLASWAG, "<think>Tea needs hot water.</think>\nC", "C"),
     (HELLASWAG, "<think>x</think>\nShe waits for the water to boil.", "C"),
+    # multiple choice: hedges, brackets, verdicts, choices, lists (module docstring, rules 1-6)
+    (MMLU, "<think>x</think>\nThe answer is probably B.", "B"),  # rule 1 after a hedge
+    (MMLU, "The answer is most likely [C]", "C"),
+    (MMLU, "<think>x</think>\n[B]", "B"),  # rule 2
+    (MMLU, "<think>x</think>\nOption B", "B"),
+    (MMLU, "<think>x</think>\noption d.", "D"),
+    (MMLU, "<think>x</think>\nB is correct.", "B"),  # rule 3
+    (MMLU, "<think>x</think>\nA is the correct answer.", "A"),  # "A is": a label, not the article
+    (MMLU, "<think>x</think>\nA is wrong, option B is right.", "B"),
+    (MMLU, "<think>x</think>\nI choose B.", "B"),
+    (MMLU, "<think>x</think>\nAfter checking each one, I'd go with (D) here.", "D"),
+    (MMLU, "<think>x</think>\nI pick A rather than C.", "A"),  # chosen beats the last named
+    (MMLU, "<think>x</think>\nB) Mercury, not A.", "B"),  # rule 4: the one opening label beats the last named
+    (MMLU, "<think>x</think>\nNot A, it is B.", "B"),  # rule 6
+    (MMLU, "<think>x</think>\nA. Venus is wrong. B. Mercury is right.", "B"),  # a list: the last named
+    (MMLU, "<think>x</think>\nSo it must be B.", "B"),
+    # the article and the pronoun are no labels
+    (MMLU, "<think>x</think>\nA planet near the Sun is hot.", None),
+    (MMLU, "<think>x</think>\nMercury. A small planet.", "B"),  # rule 7: Mercury
+    (MMLU, "<think>x</think>\nI think so.", None),
+    (ARC_NUMERIC, "<think>x</think>\nIt takes 2 steps.", None),  # bare digits name no label
+    (ARC_NUMERIC, "<think>x</think>\nNot (1), it is (2).", "2"),
+    (VITAMINS, "<think>x</think>\nYou need vitamin C for that.", "A"),  # option text, not label C
+    (VITAMINS, "<think>x</think>\nThe letter is C.", "C"),
     # --- multiple choice: failing
     (MMLU, "<think>x</think>\nThe answer is a good one.", None),  # an article, not a label
     (MMLU, "<think>x</think>\nI do not know.", None),
@@ -123,6 +160,9 @@ CASES = [
     (DATE, "<think>x</think>\nB", "(B)"),
     (DATE, "<think>x</think>\n01/01/2000", "(B)"),
     (DATE, "<think>x</think>\nNone of them.", None),
+    (DATE, "<think>x</think>\nI think it is B.", "(B)"),
+    (MANY, "<think>x</think>\nI think it is (J).", "(J)"),  # "I" is a label here, but not the pronoun
+    (MANY, "<think>x</think>\nNot J, it is I.", "(I)"),
     (BOOLEAN, "<think>not True is False.</think>\nFalse", "False"),
     (BOOLEAN, "Let's think step by step. not ( True ) = False. So the answer is False.", "False"),
     (BOOLEAN, "<think>x</think>\nfalse.", "False"),
@@ -139,6 +179,12 @@ CASES = [
     (DYCK, "<think>close them</think>\n] ) >", "] ) >"),
     (DYCK, "So the answer is ])>.", "] ) >"),
     (DYCK, "<think>x</think>\nnothing", None),
+    (DYCK_INPUT, "<think>x</think>\nThe completed sequence is [ ( ] )", "] )"),  # the input is dropped
+    (DYCK_INPUT, "The closing sequence (for the input): ] )", "] )"),  # the lead-in is dropped
+    (DYCK_INPUT, "So the answer is ] ).", "] )"),
+    (SORTING, "<think>x</think>\nSorted: can't ox yak zebra", "can't ox yak zebra"),
+    (SORTING, "<think>x</think>\nThe sorted list is: can't, ox, yak, zebra.", "can't ox yak zebra"),
+    (SORTING, "<think>x</think>\nSorted list:\n- can't\n- ox\n- yak\n- zebra", "can't ox yak zebra"),
     (MOVIE, "<think>x</think>\n\"Monsters, Inc.\"", "Monsters, Inc"),
     (MOVIE, "<think>x</think>\nFinal answer:\nMonsters, Inc", "Monsters, Inc"),  # the span is the next line
 ]

@@ -5,7 +5,7 @@ from conftest import FIXTURE_KIT
 
 from srlm.benchmarks import Question, generation_messages, loglikelihood_requests, read_benchmark
 from srlm.engines.types import Completion, GenerationOutput, LogProb
-from srlm.evaluation import EvalSettings, evaluate, evaluate_generate, evaluate_loglikelihood
+from srlm.evaluation import EvalSettings, accuracy_at_smallest_n, evaluate, evaluate_generate, evaluate_loglikelihood
 
 ARC = Question("arc_challenge", "arc_challenge/q1", "", "Which is a planet?", ("Moon", "Mars", "Sun", "Comet"),
                ("A", "B", "C", "D"), "B", 1)
@@ -115,15 +115,17 @@ def test_generate_votes_over_the_first_n_samples():
     assert [r["n_samples"] for r in gsm_rows] == [1, 3, 5]  # sorted N
     assert gsm_rows[2]["sample_predictions"] == ["41", "42", "42", None, "42"]
     assert gsm_rows[1]["sample_predictions"] == ["41", "42", "42"]
+    # each row's completion is the first of its N that gave the vote
+    texts = COMPLETIONS[generation_messages(GSM)[0]["content"]]
+    assert [r["completion"] for r in gsm_rows] == [texts[0], texts[1], texts[1]]
     for r in gsm_rows:
-        assert r["completion"] == COMPLETIONS[generation_messages(GSM)[0]["content"]][0]
         assert (r["protocol"], r["gold"], r["benchmark"], r["choice_logprobs"]) == ("generate", "42", "gsm8k", None)
 
 
 def test_generate_all_unreadable_answers_vote_none_and_are_wrong():
     engine = FakeEngine(completions={generation_messages(GSM)[0]["content"]: ["no idea"] * 3})
     rows = evaluate_generate([GSM], engine, "lora/x", EvalSettings((1, 3), 1.0, 1.0, 16, 0))
-    assert [(r["prediction"], r["correct"]) for r in rows] == [(None, False), (None, False)]
+    assert [(r["prediction"], r["correct"], r["completion"]) for r in rows] == [(None, False, "no idea")] * 2
     assert engine.generate_calls[0][2] == "lora/x"
     assert evaluate_generate([], engine, None, SETTINGS) == [] and len(engine.generate_calls) == 1
 
@@ -136,6 +138,19 @@ def test_evaluate_dispatches_by_protocol_and_logs_accuracy_at_the_smallest_n():
     assert len(rows) == 2 * 3 + 1
     assert logs == ["gsm8k (generate): 2 questions, accuracy 0.500", "arc_challenge (loglikelihood): 1 questions, accuracy 1.000"]
     assert [r["protocol"] for r in rows] == ["generate"] * 6 + ["loglikelihood"]
+
+
+def test_accuracy_at_the_smallest_n_of_each_benchmark():
+    rows = [
+        {"benchmark": "gsm8k", "n_samples": 4, "correct": True},
+        {"benchmark": "gsm8k", "n_samples": 2, "correct": True},
+        {"benchmark": "gsm8k", "n_samples": 2, "correct": False},
+        {"benchmark": "gsm8k", "n_samples": 2, "correct": False},
+        {"benchmark": "arc_challenge", "n_samples": 1, "correct": True},
+    ]
+    assert accuracy_at_smallest_n(rows) == {"arc_challenge": 1.0, "gsm8k": pytest.approx(1 / 3)}
+    assert list(accuracy_at_smallest_n(rows)) == ["arc_challenge", "gsm8k"]  # sorted
+    assert accuracy_at_smallest_n([]) == {}
 
 
 # ------------------------------------------------------------------------------------ tiny real model
