@@ -1,8 +1,9 @@
 """Asset checks: the contracts a researcher relies on when reading the tables.
 
 - schema (blocking): every table has its contract's columns and types, and no null key.
-- nothing lost (blocking): counts add up; every selected row points at a candidate of its example; every
-  candidate has its scores; every sampled question has its evaluation rows.
+- nothing lost (blocking): counts add up (a count the asset did not record fails); every selected row
+  points at a candidate of its example; every candidate has its scores; every sampled question has its
+  evaluation rows, one per N.
 - decontamination (blocking on exact duplicates): training text sharing a 13-gram with an evaluation
   question is flagged (warning); text equal to a question blocks.
 - trends (warnings): selected rationales should grow longer than their parents; accuracy should not
@@ -10,7 +11,7 @@
 """
 
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Sequence
 
 import dagster as dg
 import polars as pl
@@ -22,6 +23,7 @@ from assets.iteration import key
 from resources import WarehouseResource
 from srlm.config import ExperimentConfig
 from srlm.decontamination import QuestionIndex
+from srlm.evaluation import accuracy_at_smallest_n
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 ACCURACY_DROP_WARNING = 0.05  # a fall larger than this on a benchmark (absolute) is worth a look
@@ -43,6 +45,8 @@ def table_contracts(cfg: ExperimentConfig) -> dict[dg.AssetKey, tuple[dict, list
             contracts[key(t, "candidates")] = (schemas.CANDIDATES, ["candidate_id", "example_id", "parent_id", "checkpoint_id"])
             contracts[key(t, "scores")] = (schemas.SCORES, ["candidate_id", "example_id", "role"])
             contracts[key(t, "selected")] = (schemas.SELECTED, ["example_id", "candidate_id", "selector"])
+            # every selector's pick: the rows of `selected`, once per selector
+            contracts[key(t, "selector_choices")] = (schemas.SELECTED, ["example_id", "candidate_id", "selector"])
     if cfg.eval.enabled:
         contracts[QUESTIONS] = (schemas.QUESTIONS, ["benchmark", "question_id", "answer"])
         contracts[SUMMARY] = (schemas.EVAL_SUMMARY, ["checkpoint_id", "benchmark"])
@@ -87,21 +91,22 @@ def _check(
 def build_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition]:
     checks = []
     for asset, (schema, keys) in table_contracts(cfg).items():
-        checks.append(
-            _check(
-                asset,
-                "schema",
-                f"Columns and types match the contract; no null in {', '.join(keys)}.",
-                lambda ctx, wh, asset=asset, schema=schema, keys=keys: _result(
-                    schema_problems(wh.read(asset.path), schema, keys), rows=wh.read(asset.path).height
-                ),
-            )
-        )
+        checks.append(_check(asset, "schema", f"Columns and types match the contract; no null in {', '.join(keys)}.",
+                             _schema(asset, schema, keys)))
     checks += _nothing_lost_checks(cfg)
     checks += _trend_checks(cfg)
     if cfg.eval.enabled:
+        checks += _eval_completeness_checks(cfg)
         checks += _decontamination_checks(cfg)
     return checks
+
+
+def _schema(asset: dg.AssetKey, schema: dict, keys: list[str]):
+    def fn(context, wh):
+        df = wh.read(asset.path)
+        return _result(schema_problems(df, schema, keys), rows=df.height)
+
+    return fn
 
 
 # ------------------------------------------------------------------------------------------ nothing lost
@@ -114,14 +119,22 @@ def _latest_metadata(context: dg.AssetCheckExecutionContext, asset: dg.AssetKey)
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
+def _not_recorded(name: str) -> str:
+    return f"the asset's latest materialization records no '{name}' metadata, so its rows cannot be accounted for"
+
+
+def rows_accounted_problems(read: int | None, kept: int, rejected: int) -> list[str]:
+    """Rows the asset read (its 'read' metadata; None when not recorded) = rows kept + rows rejected."""
+    if read is None:
+        return [_not_recorded("read")]
+    return [f"read {read} != kept {kept} + rejected {rejected}"] if read != kept + rejected else []
+
+
 def _rows_accounted(table: dg.AssetKey, rejected: dg.AssetKey):
     def fn(context, wh):
-        meta = _latest_metadata(context, table)
+        read = _latest_metadata(context, table).get("read")
         kept, dropped = wh.read(table.path).height, wh.read(rejected.path).height
-        problems = []
-        if meta.get("read") is not None and meta["read"] != kept + dropped:
-            problems.append(f"read {meta['read']} != kept {kept} + rejected {dropped}")
-        return _result(problems, read=meta.get("read", -1), kept=kept, rejected=dropped)
+        return _result(rows_accounted_problems(read, kept, dropped), read=read, kept=kept, rejected=dropped)
 
     return fn
 
@@ -149,7 +162,10 @@ def scores_problems(scores: pl.DataFrame, candidates: pl.DataFrame) -> list[str]
     return problems
 
 
-def candidates_problems(candidates: pl.DataFrame, examples: int) -> list[str]:
+def candidates_problems(candidates: pl.DataFrame, examples: int | None) -> list[str]:
+    """examples: how many examples the asset expanded (its 'examples' metadata; None when not recorded)."""
+    if examples is None:
+        return [_not_recorded("examples")]
     per_example = candidates.group_by("example_id").len()
     problems = []
     if per_example.height != examples:
@@ -170,22 +186,79 @@ def _nothing_lost_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition
         cand, scores, sel, train = key(t, "candidates"), key(t, "scores"), key(t, "selected"), key(t, "training_examples")
         prev_train = key(t - 1, "training_examples")
         checks += [
-            _check(cand, "complete", "Every expanded example has the same number of candidates.",
-                   lambda ctx, wh, cand=cand: _result(candidates_problems(
-                       wh.read(cand.path), _latest_metadata(ctx, cand).get("examples", wh.read(cand.path)["example_id"].n_unique())))),
+            _check(cand, "complete", "Every expanded example has candidates, the same number for each.",
+                   lambda ctx, wh, c=cand: _result(candidates_problems(wh.read(c.path), _latest_metadata(ctx, c).get("examples")))),
             _check(scores, "complete", "Every candidate has one score row; every expanded example has its parent's.",
                    lambda ctx, wh, s=scores, c=cand: _result(scores_problems(wh.read(s.path), wh.read(c.path))), deps=[cand]),
             _check(sel, "references_candidates", "Every selected row references an existing candidate of the same example, one per example.",
                    lambda ctx, wh, s=sel, c=cand: _result(selected_problems(wh.read(s.path), wh.read(c.path))), deps=[cand]),
             _check(train, "same_examples", "The training set keeps every example of the previous one.",
-                   lambda ctx, wh, a=train, b=prev_train: _result(_same_examples(wh.read(a.path), wh.read(b.path))), deps=[prev_train]),
+                   lambda ctx, wh, a=train, b=prev_train: _result(same_examples_problems(wh.read(a.path), wh.read(b.path))), deps=[prev_train]),
         ]
     return checks
 
 
-def _same_examples(current: pl.DataFrame, previous: pl.DataFrame) -> list[str]:
+def same_examples_problems(current: pl.DataFrame, previous: pl.DataFrame) -> list[str]:
+    """A training set keeps every (task, example) of the previous one, and adds none."""
     a, b = set(zip(current["task"], current["example_id"])), set(zip(previous["task"], previous["example_id"]))
     return [f"{len(b - a)} examples lost, {len(a - b)} appeared"] if a != b else []
+
+
+def expected_samples(protocols: dict[str, str], samples: Sequence[int]) -> dict[str, set[int]]:
+    """The N each benchmark is evaluated at: every N for generate, only 1 for loglikelihood (deterministic)."""
+    return {name: set(samples) if protocol == "generate" else {1} for name, protocol in protocols.items()}
+
+
+def eval_completeness_problems(evals: pl.DataFrame, questions: pl.DataFrame, expected: dict[str, set[int]]) -> list[str]:
+    """Every sampled question of every benchmark in `expected` has exactly one row per expected N, and no
+    row answers anything else."""
+    ns = pl.DataFrame(
+        [(b, n) for b, values in expected.items() for n in values], schema={"benchmark": pl.String, "n_samples": pl.Int64}, orient="row"
+    )
+    sampled = questions.filter(pl.col("sampled") & pl.col("benchmark").is_in(list(expected))).select("benchmark", "question_id")
+    wanted = sampled.join(ns, on="benchmark")
+    have = evals.select("benchmark", "question_id", "n_samples")
+    on = ["benchmark", "question_id", "n_samples"]
+    gaps = (
+        wanted.join(have, on=on, how="anti")
+        .group_by("benchmark")
+        .agg(pl.col("question_id").n_unique().alias("questions"), pl.col("n_samples").unique().sort().alias("ns"))
+        .sort("benchmark")
+    )
+    asked = dict(sampled.group_by("benchmark").len().iter_rows())
+    problems = [
+        f"{r['benchmark']}: {r['questions']} of {asked[r['benchmark']]} sampled questions lack rows (N = {r['ns']})"
+        for r in gaps.iter_rows(named=True)
+    ]
+    if unexpected := have.join(wanted, on=on, how="anti").height:
+        problems.append(f"{unexpected} rows answer a question or N that was not asked for")
+    if duplicates := have.height - have.unique().height:
+        problems.append(f"{duplicates} duplicate (question, N) rows")
+    return problems
+
+
+def _launched_samples(context: dg.AssetCheckExecutionContext, asset: dg.AssetKey, default: list[int]) -> list[int]:
+    """The N values the asset's latest materialization ran with: its Launchpad config, else the experiment's."""
+    event = context.instance.get_latest_materialization_event(asset)
+    run = context.instance.get_run_by_id(event.run_id) if event is not None else None
+    ops = (run.run_config if run is not None else {}).get("ops", {})
+    return ops.get(asset.to_python_identifier(), {}).get("config", {}).get("samples", default)
+
+
+def _eval_completeness_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition]:
+    protocols = {name: b.protocol for name, b in cfg.eval.enabled.items()}
+
+    def complete(ctx, wh, asset):
+        expected = expected_samples(protocols, _launched_samples(ctx, asset, list(cfg.eval.samples)))
+        return _result(eval_completeness_problems(wh.read(asset.path), wh.read(QUESTIONS.path), expected))
+
+    evals = [BASE_EVAL] + [key(t, "eval") for t in range(cfg.experiment.iterations + 1)]
+    return [
+        _check(asset, "complete", "Every sampled question of every enabled benchmark has one row per N "
+               "(generate: each N the evaluation ran with; loglikelihood: N = 1).",
+               lambda ctx, wh, asset=asset: complete(ctx, wh, asset), deps=[QUESTIONS])
+        for asset in evals
+    ]
 
 
 # ------------------------------------------------------------------------------------------ trends
@@ -201,11 +274,7 @@ def rationale_growth(selected: pl.DataFrame, scores: pl.DataFrame) -> tuple[list
 
 
 def accuracy_drops(current: pl.DataFrame, previous: pl.DataFrame, tolerance: float = ACCURACY_DROP_WARNING) -> list[str]:
-    def accuracy(df: pl.DataFrame) -> dict[str, float]:
-        first = df.filter(pl.col("n_samples") == pl.col("n_samples").min().over("benchmark"))
-        return dict(first.group_by("benchmark").agg(pl.col("correct").mean()).iter_rows())
-
-    now, before = accuracy(current), accuracy(previous)
+    now, before = (accuracy_at_smallest_n(df.iter_rows(named=True)) for df in (current, previous))
     return [
         f"{b}: {before[b]:.3f} -> {now[b]:.3f}"
         for b in sorted(now)
@@ -245,6 +314,24 @@ def _question_index(path: str, mtime: float, n: int) -> QuestionIndex:
     return QuestionIndex(questions.iter_rows(), n)
 
 
+def instruction_texts(instructions: pl.DataFrame) -> list[tuple[str, str]]:
+    """What D0 trains on: each example's instruction (with its input) and its reference output."""
+    rows = list(instructions.iter_rows(named=True))
+    return [(r["example_id"], f"{r['instruction']} {r['input']}") for r in rows] + [(f"{r['example_id']}/output", r["output"]) for r in rows]
+
+
+def catalyst_texts(catalyst: pl.DataFrame) -> list[tuple[str, str]]:
+    """What the catalyst trains on: each instruction (with its input) and its enriched rationale."""
+    rows = list(catalyst.iter_rows(named=True))
+    return [(r["catalyst_id"], f"{r['instruction']} {r['input']}") for r in rows] + [(f"{r['catalyst_id']}/rationale", r["rationale"]) for r in rows]
+
+
+def selected_texts(selected: pl.DataFrame, candidates: pl.DataFrame) -> list[tuple[str, str]]:
+    """The selected rationales, which the next checkpoint trains on."""
+    df = selected.join(candidates.select("candidate_id", "text"), on="candidate_id")
+    return list(zip(df["candidate_id"], df["text"]))
+
+
 def decontamination_result(texts: list[tuple[str, str]], index: QuestionIndex) -> dg.AssetCheckResult:
     found = index.check(texts)
     exact = [f for f in found if f.kind == "exact"]
@@ -267,16 +354,10 @@ def _decontamination_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinit
         return _question_index(str(path), path.stat().st_mtime, n)
 
     def instructions(ctx, wh):
-        df = wh.read(INSTRUCTIONS.path)
-        texts = [(r["example_id"], f"{r['instruction']} {r['input']}") for r in df.iter_rows(named=True)]
-        texts += [(f"{r['example_id']}/output", r["output"]) for r in df.iter_rows(named=True)]
-        return decontamination_result(texts, index(wh))
+        return decontamination_result(instruction_texts(wh.read(INSTRUCTIONS.path)), index(wh))
 
     def catalyst(ctx, wh):
-        df = wh.read(CATALYST.path)
-        texts = [(r["catalyst_id"], f"{r['instruction']} {r['input']}") for r in df.iter_rows(named=True)]
-        texts += [(f"{r['catalyst_id']}/rationale", r["rationale"]) for r in df.iter_rows(named=True)]
-        return decontamination_result(texts, index(wh))
+        return decontamination_result(catalyst_texts(wh.read(CATALYST.path)), index(wh))
 
     description = (
         f"Training text sharing a {n}-word sequence with an evaluation question is flagged (warning); "
@@ -290,8 +371,7 @@ def _decontamination_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinit
         sel, cand = key(t, "selected"), key(t, "candidates")
 
         def rationales(ctx, wh, sel=sel, cand=cand):
-            df = wh.read(sel.path).join(wh.read(cand.path).select("candidate_id", "text"), on="candidate_id")
-            return decontamination_result(list(zip(df["candidate_id"], df["text"])), index(wh))
+            return decontamination_result(selected_texts(wh.read(sel.path), wh.read(cand.path)), index(wh))
 
         checks.append(_check(sel, "decontamination", description, rationales, deps=[QUESTIONS, cand]))
     return checks

@@ -27,18 +27,19 @@ def table_schema(table: pa.Table) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in table.schema])
 
 
+def _cell(value: object) -> str:
+    """One markdown table cell: on one line, pipes escaped, long text shortened."""
+    text = " ".join(str(value).splitlines()).replace("|", "\\|")
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+
+
 def markdown_preview(table: pa.Table, rows: int = PREVIEW_ROWS) -> str:
     """The first rows as a markdown table, long text shortened, so the UI shows what the table holds."""
     if table.num_rows == 0:
         return "_empty table_"
-
-    def cell(value: object) -> str:
-        text = str(value).replace("\n", " ").replace("|", "\\|")
-        return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
-
-    header = "| " + " | ".join(table.column_names) + " |"
+    header = "| " + " | ".join(_cell(name) for name in table.column_names) + " |"
     rule = "|" + "---|" * table.num_columns
-    body = ["| " + " | ".join(cell(v) for v in row.values()) + " |" for row in table.slice(0, rows).to_pylist()]
+    body = ["| " + " | ".join(_cell(v) for v in row.values()) + " |" for row in table.slice(0, rows).to_pylist()]
     more = [f"\n_{table.num_rows - rows} more rows_"] if table.num_rows > rows else []
     return "\n".join([header, rule, *body, *more])
 

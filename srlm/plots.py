@@ -16,7 +16,9 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-SELECTORS = ("length", "likelihood", "consistency")
+from srlm.config import SELECTORS  # noqa: E402
+
+SCORE_QUANTILES = {"p10": 0.1, "median": 0.5, "p90": 0.9}
 
 
 def _png(fig) -> bytes:
@@ -24,6 +26,16 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _legend(ax, **kwargs) -> None:
+    """A legend only where something was drawn (an empty legend is a matplotlib warning, not a picture)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, **kwargs)
+
+
+def _nothing_yet(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} yet", ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
 def markdown_image(png: bytes, alt: str) -> str:
@@ -37,7 +49,7 @@ def iteration_label(iteration: int) -> str:
 
 def rationale_words(examples: pl.DataFrame) -> pl.DataFrame:
     """Rationale length in words of the answering examples. Columns in: iteration, task, rationale."""
-    words = pl.col("rationale").fill_null("").str.strip_chars().str.split(" ").list.eval(pl.element().filter(pl.element() != "")).list.len()
+    words = pl.col("rationale").fill_null("").str.count_matches(r"\S+")  # any whitespace separates words
     return examples.filter(pl.col("task") == "answer").select("iteration", words.alias("n_words"))
 
 
@@ -46,8 +58,11 @@ def rationale_lengths(examples: pl.DataFrame) -> bytes:
     df = rationale_words(examples)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     iterations = sorted(df["iteration"].unique().to_list())
-    data = [df.filter(pl.col("iteration") == t)["n_words"].to_list() or [0] for t in iterations]
-    ax.boxplot(data, tick_labels=[f"iter_{t}" for t in iterations], showmeans=True)
+    if iterations:
+        data = [df.filter(pl.col("iteration") == t)["n_words"].to_list() for t in iterations]
+        ax.boxplot(data, tick_labels=[f"iter_{t}" for t in iterations], showmeans=True)
+    else:
+        _nothing_yet(ax, "answering examples")
     ax.set_ylabel("rationale length (words)")
     ax.set_title("Rationale length by iteration (answering examples)")
     return _png(fig)
@@ -68,14 +83,33 @@ def score_distributions(scores: pl.DataFrame) -> bytes:
                 ax.text(0.02, 0.92 if role == "candidate" else 0.82, f"{role}: {dropped} non-finite",
                         transform=ax.transAxes, fontsize=7)
         ax.set_title(selector)
-        ax.legend(fontsize=7)
+        _legend(ax)
     fig.suptitle("Selector scores", y=1.04)
     return _png(fig)
+
+
+def score_summary(scores: pl.DataFrame) -> dict[str, float | int | None]:
+    """Per selector, over the candidate rows: mean, p10, median and p90 of the finite scores, and how many
+    scores are not finite (degenerate text scores -inf; null and NaN count too). Flat keys such as
+    "likelihood/p90", ready for asset metadata; a statistic with no finite score is None.
+    Columns: role, length, likelihood, consistency."""
+    candidates = scores.filter(pl.col("role") == "candidate")
+    summary: dict[str, float | int | None] = {}
+    for selector in SELECTORS:
+        values = candidates[selector]
+        finite = values.filter(values.is_finite())
+        summary[f"{selector}/mean"] = finite.mean()
+        for name, q in SCORE_QUANTILES.items():
+            summary[f"{selector}/{name}"] = finite.quantile(q, "linear")
+        summary[f"{selector}/degenerate"] = values.len() - finite.len()
+    return summary
 
 
 def accuracy_by_iteration(summary: pl.DataFrame) -> bytes:
     """Accuracy per benchmark across checkpoints (base, M0, M1, ...). Columns: iteration, benchmark, accuracy."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    if summary.is_empty():
+        _nothing_yet(ax, "evaluation")
     for benchmark in sorted(summary["benchmark"].unique().to_list()):
         part = summary.filter(pl.col("benchmark") == benchmark).sort("iteration")
         ax.plot(part["iteration"].to_list(), part["accuracy"].to_list(), marker="o", label=benchmark)
@@ -84,7 +118,7 @@ def accuracy_by_iteration(summary: pl.DataFrame) -> bytes:
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy (N = 1)")
     ax.set_title("Accuracy by checkpoint and benchmark")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    _legend(ax, loc="upper left", bbox_to_anchor=(1, 1))
     return _png(fig)
 
 
@@ -102,6 +136,6 @@ def accuracy_vs_samples(scaling: pl.DataFrame) -> bytes:
         ax.set_ylim(0, 1)
         ax.set_xlabel("samples N (majority vote)")
         ax.set_title(benchmark)
-        ax.legend(fontsize=7)
+        _legend(ax)
     axes[0][0].set_ylabel("accuracy")
     return _png(fig)
