@@ -30,6 +30,7 @@ from srlm.config import SELECTORS, ExperimentConfig
 from srlm.engines.types import SamplingParams
 from srlm.expansion import ExpansionSettings, ExpansionTask, expand, recipe_key
 from srlm.scoring import Reference, Scorable, score
+from srlm.story import rationale_story
 from srlm.selection import count_examples, select_best, select_with_every_selector, selection_sql_version
 
 Selector = Enum("Selector", {name: name for name in SELECTORS}, type=str)
@@ -420,6 +421,8 @@ def _selected(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             "mean_score": float(df["score"].mean() or 0.0) if df.height else 0.0,
             "mean_parent_score": float(df["parent_score"].mean() or 0.0) if df.height else 0.0,
         }
+        if df.height:  # one example's story, so the UI shows where a kept rationale came from and why it won
+            meta["story"] = dg.MetadataValue.md(rationale_story(warehouse.home, df["candidate_id"][0], selector))
         context.log.info(f"{selector}: kept {df.height} of {examples} examples")
         return table_output(df, meta)
 

@@ -214,8 +214,8 @@ def _lock_down(con: duckdb.DuckDBPyConnection, home: Path) -> None:
     con.execute("SET lock_configuration = true")
 
 
-def query_read_only(home: str | Path, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run a read-only query on the catalog: (column names, rows)."""
+def query_read_only(home: str | Path, query: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run a read-only query (with `?` parameters, if any) on the catalog: (column names, rows)."""
     check_read_only(query)
     catalog = Path(home) / CATALOG_FILE
     if not catalog.is_file():
@@ -223,7 +223,7 @@ def query_read_only(home: str | Path, query: str) -> tuple[list[str], list[tuple
     con = _connect(catalog, read_only=True)
     try:
         _lock_down(con, Path(home))
-        cursor = con.execute(query)
+        cursor = con.execute(query, params)
         columns = [d[0] for d in cursor.description] if cursor.description else []
         return columns, cursor.fetchall()
     finally:

@@ -13,6 +13,14 @@ from srlm.paths import CONFIG_DIR, REPO_ROOT
 FIXTURE_KIT = REPO_ROOT / "tests" / "fixtures" / "kit"
 
 
+def put_table(home: Path, key: tuple[str, str], schema: dict, rows: list[dict]) -> None:
+    """Write a small hand-made table asset (missing columns are null) where the IO manager would."""
+    from assets.tables import frame
+    from srlm.warehouse import table_path, write_parquet_atomic
+
+    write_parquet_atomic(frame(({c: r.get(c) for c in schema} for r in rows), schema).to_arrow(), table_path(home, key))
+
+
 def write_micro_config(directory: Path) -> tuple[Path, Path]:
     """configs/micro.yaml with absolute kit and home paths, in `directory`; returns (config, home)."""
     data = yaml.safe_load((CONFIG_DIR / "micro.yaml").read_text())

@@ -7,16 +7,12 @@ import pytest
 from PIL import Image
 
 from assets import schemas
-from assets.tables import frame
+from conftest import put_table as put
 from srlm import plots, report
 from srlm.cli import main
-from srlm.warehouse import refresh_catalog, table_path, write_parquet_atomic
+from srlm.warehouse import refresh_catalog
 
 ITERATIONS = 2
-
-
-def put(home, key: tuple[str, str], schema: dict, rows: list[dict]) -> None:
-    write_parquet_atomic(frame(({c: r.get(c) for c in schema} for r in rows), schema).to_arrow(), table_path(home, key))
 
 
 def put_training(home, t: int) -> None:

@@ -130,6 +130,19 @@ def test_summary_page_shows_the_accuracy_plot(ui, page):
     screenshot(page, "summary")
 
 
+def test_selected_page_tells_one_rationales_story(ui, page):
+    url, home = ui
+    page.goto(f"{url}/assets/iter_1/selected")
+    story = page.locator("tr", has=page.get_by_text("story", exact=True)).first  # shown inline: short markdown
+    story.get_by_text("Its rationale, iteration by iteration").wait_for()
+    _, rows = query_read_only(home, "select candidate_id, checkpoint_id from candidates where candidate_id = (select candidate_id from iter_1.selected order by example_id limit 1)")
+    story.scroll_into_view_if_needed()
+    text = story.inner_text()
+    assert rows[0][1] in text  # the checkpoint that wrote the kept rationale
+    assert "Why it was kept at iteration 1" in text and "yes" in text and "It trains M1" in text
+    screenshot(page, "story")
+
+
 def open_launchpad(page, url: str, asset: str):
     page.goto(f"{url}/assets/{asset}")
     page.get_by_text("Materialize", exact=True).first.wait_for()
