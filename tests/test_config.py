@@ -82,6 +82,34 @@ def test_cross_field_rule(tmp_path):
     assert "benchmarks.gsm8k: protocol 'loglikelihood' needs multiple choice" in msg
 
 
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        ([0, -3], "exp.yaml: eval.samples: Value error, samples must be positive integers, got [0, -3]"),
+        ([1, 4, 4], "exp.yaml: eval.samples: Value error, samples must be distinct, got [4] repeated"),
+    ],
+)
+def test_eval_samples_must_be_distinct_positive_counts(tmp_path, samples, message):
+    assert message in error(tmp_path, {"eval": {"samples": samples}})
+
+
+def test_launchpad_samples_knob_is_checked_when_the_evaluation_starts():
+    """The Launchpad does not enforce pydantic bounds, so the evaluation step checks its knob first."""
+    import dagster as dg
+
+    from assets.evaluation import eval_config_class, eval_settings
+
+    cfg = load_config(MICRO)
+    knobs = eval_config_class(cfg)
+    asset_key = dg.AssetKey(["iter_1", "eval"])
+    settings = eval_settings(cfg, knobs(samples=[4, 1], temperature=0.5), asset_key)
+    assert (settings.samples, settings.temperature, settings.seed) == ((1, 4), 0.5, cfg.eval.seed)
+    with pytest.raises(ValueError, match=r"run config 'samples' of iter_1/eval must be positive integers, got \[0, -3\]"):
+        eval_settings(cfg, knobs(samples=[0, -3], temperature=0.5), asset_key)
+    with pytest.raises(ValueError, match=r"run config 'samples' of iter_1/eval must be distinct, got \[2\] repeated"):
+        eval_settings(cfg, knobs(samples=[2, 1, 2], temperature=0.5), asset_key)
+
+
 def test_missing_file_names_key_and_path(tmp_path):
     msg = error(tmp_path, {"instructions": {"sources": [{"path": "nowhere.jsonl"}]}})
     assert "exp.yaml: instructions.sources[0].path: file not found:" in msg
@@ -140,3 +168,28 @@ def test_every_default_key_is_documented_in_the_readme():
 
     missing = [k for k in keys(defaults) if f"`{k}`" not in readme]
     assert not missing, f"README config reference lacks: {missing}"
+
+
+def test_the_readme_shows_the_default_values():
+    """Each `| `key` | `value` | ... |` row of the README's config reference shows default.yaml's value."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    shown = dict(re.findall(r"^\| `([\w.]+)` \| `(.*?)` \|", readme, re.M))
+    defaults = yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+    def value(dotted):
+        node = defaults
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    wrong = {}
+    for key, text in shown.items():
+        text = text.replace("&lt;", "<").replace("&gt;", ">")
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:  # e.g. {kit}/... reads as a plain string
+            parsed = text
+        if value(key) not in (parsed, text):
+            wrong[key] = (text, value(key))
+    assert len(shown) > 50
+    assert not wrong, f"README shows other defaults than configs/default.yaml: {wrong}"
