@@ -107,15 +107,9 @@ def instructions_tables(config: ExperimentConfig, engine) -> tuple[pl.DataFrame,
     """What data/instructions writes: D0, its rejected rows (examples too long for `engine`'s model among
     them), and the row counts."""
     loaded = load_instructions(config.instructions.sources, config.instructions.seed)
-    examples = loaded.examples
-    lengths = engine.count_tokens([answer_text(engine, e.instruction, e.input, e.rationale, e.output) for e in examples])
-    n_tokens = dict(zip((e.example_id for e in examples), lengths))
-    kept, too_long = reject_too_long(
-        examples, lengths, engine.max_length,
-        lambda e, reason: Rejected(e.source, e.source_row, reason, _as_json(e), e.example_id),
-    )
-    loaded.examples, loaded.rejected = kept, loaded.rejected + too_long
-    rows = ({**dataclasses.asdict(e), "n_tokens": n_tokens[e.example_id]} for e in kept)
+    texts = [answer_text(engine, e.instruction, e.input, e.rationale, e.output) for e in loaded.examples]
+    rows, loaded.examples, too_long = _keep_what_fits(loaded.examples, texts, engine, lambda e: e.example_id)
+    loaded.rejected += too_long
     return frame(rows, schemas.INSTRUCTIONS), rejected_frame(loaded.rejected), loaded.counts()
 
 
@@ -125,15 +119,20 @@ def catalyst_tables(
     """What data/catalyst writes: C from the configured source, its rejected rows (records too long for
     `engine`'s model among them), and the row counts."""
     result = _catalyst_records(config, generation, instructions)
-    lengths = engine.count_tokens([enrich_text(engine, r) for r in result.records])
-    n_tokens = dict(zip((r.catalyst_id for r in result.records), lengths))
+    texts = [enrich_text(engine, r) for r in result.records]
+    rows, result.records, too_long = _keep_what_fits(result.records, texts, engine, lambda r: r.catalyst_id)
+    result.rejected += too_long
+    return frame(rows, schemas.CATALYST), rejected_frame(result.rejected), result.counts()
+
+
+def _keep_what_fits(items: list, texts: list[str], engine, id_of) -> tuple[list[dict], list, list[Rejected]]:
+    """Items whose training text fits the model, as table rows with their token count; the rest rejected."""
+    lengths = engine.count_tokens(texts)
     kept, too_long = reject_too_long(
-        result.records, lengths, engine.max_length,
-        lambda r, reason: Rejected(r.source, r.source_row, reason, _as_json(r), r.catalyst_id),
+        items, lengths, engine.max_length, lambda x, reason: Rejected(x.source, x.source_row, reason, _as_json(x), id_of(x))
     )
-    result.records, result.rejected = kept, result.rejected + too_long
-    df = frame(({**dataclasses.asdict(r), "n_tokens": n_tokens[r.catalyst_id]} for r in kept), schemas.CATALYST)
-    return df, rejected_frame(result.rejected), result.counts()
+    n_tokens = dict(zip(map(id_of, items), lengths))
+    return [{**dataclasses.asdict(x), "n_tokens": n_tokens[id_of(x)]} for x in kept], kept, too_long
 
 
 def _catalyst_records(config: ExperimentConfig, generation: GenerationResource, instructions: pl.DataFrame) -> cat.CatalystResult:
