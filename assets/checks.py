@@ -18,12 +18,14 @@ import polars as pl
 
 from assets import schemas
 from assets.data import BASE_MODEL, CATALYST, CATALYST_REJECTED, INSTRUCTIONS, INSTRUCTIONS_REJECTED
-from assets.evaluation import BASE_EVAL, QUESTIONS, SCALING, SUMMARY
+from assets.evaluation import COMPARISON, QUESTIONS, SCALING, SUMMARY, eval_key, eval_keys
 from assets.iteration import key
 from resources import WarehouseResource
+from srlm.arms import stages
 from srlm.config import ExperimentConfig
 from srlm.decontamination import QuestionIndex
 from srlm.evaluation import accuracy_at_smallest_n
+from srlm.storage import Storage
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 ACCURACY_DROP_WARNING = 0.05  # a fall larger than this on a benchmark (absolute) is worth a look
@@ -38,20 +40,22 @@ def table_contracts(cfg: ExperimentConfig) -> dict[dg.AssetKey, tuple[dict, list
         CATALYST_REJECTED: (schemas.REJECTED, ["source", "reason", "raw"]),
         BASE_MODEL: ({**schemas.CHECKPOINTS, **schemas.BASE_MODEL_EXTRA}, ["checkpoint_id", "path"]),
     }
-    for t in range(cfg.experiment.iterations + 1):
-        contracts[key(t, "training_examples")] = (schemas.TRAINING_EXAMPLES, ["example_id", "task", "prompt", "completion"])
-        contracts[key(t, "checkpoint")] = (schemas.CHECKPOINTS, ["checkpoint_id", "path", "trained_on", "base_model"])
-        if t >= 1:
-            contracts[key(t, "candidates")] = (schemas.CANDIDATES, ["candidate_id", "example_id", "parent_id", "checkpoint_id"])
-            contracts[key(t, "scores")] = (schemas.SCORES, ["candidate_id", "example_id", "role"])
-            contracts[key(t, "selected")] = (schemas.SELECTED, ["example_id", "candidate_id", "selector"])
+    for stage in stages(cfg.arms, cfg.experiment.iterations):
+        contracts[key(stage.schema, "training_examples")] = (schemas.TRAINING_EXAMPLES, ["example_id", "task", "prompt", "completion"])
+        contracts[key(stage.schema, "checkpoint")] = (schemas.CHECKPOINTS, ["checkpoint_id", "path", "trained_on", "base_model"])
+        if stage.iteration >= 1:
+            gen = stage.generation_schema
+            contracts[key(gen, "candidates")] = (schemas.CANDIDATES, ["candidate_id", "example_id", "parent_id", "checkpoint_id"])
+            contracts[key(gen, "scores")] = (schemas.SCORES, ["candidate_id", "example_id", "role"])
             # every selector's pick: the rows of `selected`, once per selector
-            contracts[key(t, "selector_choices")] = (schemas.SELECTED, ["example_id", "candidate_id", "selector"])
+            contracts[key(gen, "selector_choices")] = (schemas.SELECTED, ["example_id", "candidate_id", "selector"])
+            contracts[key(stage.schema, "selected")] = (schemas.SELECTED, ["example_id", "candidate_id", "selector"])
     if cfg.eval.enabled:
         contracts[QUESTIONS] = (schemas.QUESTIONS, ["benchmark", "question_id", "answer"])
         contracts[SUMMARY] = (schemas.EVAL_SUMMARY, ["checkpoint_id", "benchmark"])
         contracts[SCALING] = (schemas.EVAL_SCALING, ["checkpoint_id", "benchmark", "n_samples"])
-        for k in [BASE_EVAL] + [key(t, "eval") for t in range(cfg.experiment.iterations + 1)]:
+        contracts[COMPARISON] = (schemas.EVAL_COMPARISON, ["checkpoint_id", "reference_checkpoint_id", "benchmark", "verdict"])
+        for k in eval_keys(cfg):
             contracts[k] = (schemas.EVALS, ["checkpoint_id", "question_id", "n_samples"])
     return contracts
 
@@ -81,11 +85,29 @@ def _result(problems: list[str], severity=ERROR, **metadata) -> dg.AssetCheckRes
 def _check(
     asset: dg.AssetKey, name: str, description: str, fn: Callable[..., dg.AssetCheckResult], blocking: bool = True, deps=()
 ) -> dg.AssetChecksDefinition:
+    """An asset check on `asset` that reads the tables of `asset` and `deps`; it is skipped (passed, saying
+    so) while one of them is not materialized, e.g. when only the data assets were selected."""
+
     @dg.asset_check(asset=asset, name=name, description=description, blocking=blocking, additional_deps=list(deps))
     def check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        return fn(context, warehouse)
+        missing = not_materialized(warehouse, [asset, *deps])
+        return skipped(missing) if missing else fn(context, warehouse)
 
     return check
+
+
+def not_materialized(warehouse: WarehouseResource, tables: Sequence[dg.AssetKey]) -> list[str]:
+    return [t.to_user_string() for t in tables if not warehouse.exists(t.path)]
+
+
+def skipped(missing: list[str]) -> dg.AssetCheckResult:
+    """A check that could not run: it passes (nothing is known to be wrong) and says why it did not run.
+    Dagster 1.13 has no skipped outcome for an executed check (SKIPPED is only a check that never ran)."""
+    return dg.AssetCheckResult(
+        passed=True,
+        description=f"skipped: {', '.join(missing)} not materialized",
+        metadata={"skipped": True, "not_materialized": missing},
+    )
 
 
 def build_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition]:
@@ -182,14 +204,22 @@ def _nothing_lost_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition
         _check(CATALYST, "rows_accounted", "Rows read = rows kept + rows rejected (with reasons).",
                _rows_accounted(CATALYST, CATALYST_REJECTED), deps=[CATALYST_REJECTED]),
     ]
-    for t in range(1, cfg.experiment.iterations + 1):
-        cand, scores, sel, train = key(t, "candidates"), key(t, "scores"), key(t, "selected"), key(t, "training_examples")
-        prev_train = key(t - 1, "training_examples")
+    generated = set()
+    for stage in stages(cfg.arms, cfg.experiment.iterations):
+        if stage.iteration == 0:
+            continue
+        gen = stage.generation_schema
+        cand, scores, sel, train = key(gen, "candidates"), key(gen, "scores"), key(stage.schema, "selected"), key(stage.schema, "training_examples")
+        prev_train = key(stage.previous.schema, "training_examples")
+        if gen not in generated:
+            generated.add(gen)
+            checks += [
+                _check(cand, "complete", "Every expanded example has candidates, the same number for each.",
+                       lambda ctx, wh, c=cand: _result(candidates_problems(wh.read(c.path), _latest_metadata(ctx, c).get("examples")))),
+                _check(scores, "complete", "Every candidate has one score row; every expanded example has its parent's.",
+                       lambda ctx, wh, s=scores, c=cand: _result(scores_problems(wh.read(s.path), wh.read(c.path))), deps=[cand]),
+            ]
         checks += [
-            _check(cand, "complete", "Every expanded example has candidates, the same number for each.",
-                   lambda ctx, wh, c=cand: _result(candidates_problems(wh.read(c.path), _latest_metadata(ctx, c).get("examples")))),
-            _check(scores, "complete", "Every candidate has one score row; every expanded example has its parent's.",
-                   lambda ctx, wh, s=scores, c=cand: _result(scores_problems(wh.read(s.path), wh.read(c.path))), deps=[cand]),
             _check(sel, "references_candidates", "Every selected row references an existing candidate of the same example, one per example.",
                    lambda ctx, wh, s=sel, c=cand: _result(selected_problems(wh.read(s.path), wh.read(c.path))), deps=[cand]),
             _check(train, "same_examples", "The training set keeps every example of the previous one.",
@@ -252,12 +282,11 @@ def _eval_completeness_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefin
         expected = expected_samples(protocols, _launched_samples(ctx, asset, list(cfg.eval.samples)))
         return _result(eval_completeness_problems(wh.read(asset.path), wh.read(QUESTIONS.path), expected))
 
-    evals = [BASE_EVAL] + [key(t, "eval") for t in range(cfg.experiment.iterations + 1)]
     return [
         _check(asset, "complete", "Every sampled question of every enabled benchmark has one row per N "
                "(generate: each N the evaluation ran with; loglikelihood: N = 1).",
                lambda ctx, wh, asset=asset: complete(ctx, wh, asset), deps=[QUESTIONS])
-        for asset in evals
+        for asset in eval_keys(cfg)
     ]
 
 
@@ -284,8 +313,11 @@ def accuracy_drops(current: pl.DataFrame, previous: pl.DataFrame, tolerance: flo
 
 def _trend_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition]:
     checks = []
-    for t in range(1, cfg.experiment.iterations + 1):
-        sel, scores = key(t, "selected"), key(t, "scores")
+    all_stages = stages(cfg.arms, cfg.experiment.iterations)
+    for stage in all_stages:
+        if stage.iteration == 0:
+            continue
+        sel, scores = key(stage.schema, "selected"), key(stage.generation_schema, "scores")
 
         def growth(ctx, wh, sel=sel, scores=scores):
             problems, new, old = rationale_growth(wh.read(sel.path), wh.read(scores.path))
@@ -294,8 +326,8 @@ def _trend_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition]:
         checks.append(_check(sel, "rationale_growth", "Selected rationales are longer than the parents they enriched (SRLM's premise).",
                              growth, blocking=False, deps=[scores]))
     if cfg.eval.enabled:
-        evals = [BASE_EVAL] + [key(t, "eval") for t in range(cfg.experiment.iterations + 1)]
-        for previous, current in zip(evals, evals[1:]):
+        for stage in all_stages:
+            previous, current = eval_key(stage.previous), eval_key(stage)
             checks.append(
                 _check(current, "no_accuracy_regression",
                        f"No benchmark loses more than {ACCURACY_DROP_WARNING:.0%} accuracy against {previous.to_user_string()}.",
@@ -309,8 +341,9 @@ def _trend_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition]:
 
 
 @lru_cache(maxsize=4)
-def _question_index(path: str, mtime: float, n: int) -> QuestionIndex:
-    questions = pl.read_parquet(path, columns=["question_id", "question"])
+def _question_index(storage: Storage, path: str, stamp: str, n: int) -> QuestionIndex:
+    """Built once per version of the questions table (`stamp` changes when it is rewritten)."""
+    questions = pl.from_arrow(storage.read_parquet(path, columns=["question_id", "question"]))
     return QuestionIndex(questions.iter_rows(), n)
 
 
@@ -350,8 +383,7 @@ def _decontamination_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinit
     n = cfg.eval.decontamination_ngram
 
     def index(wh: WarehouseResource) -> QuestionIndex:
-        path = wh.path(QUESTIONS.path)
-        return _question_index(str(path), path.stat().st_mtime, n)
+        return _question_index(wh.storage, str(wh.path(QUESTIONS.path)), wh.stamp(QUESTIONS.path), n)
 
     def instructions(ctx, wh):
         return decontamination_result(instruction_texts(wh.read(INSTRUCTIONS.path)), index(wh))
@@ -367,8 +399,10 @@ def _decontamination_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinit
         _check(INSTRUCTIONS, "decontamination", description, instructions, deps=[QUESTIONS]),
         _check(CATALYST, "decontamination", description, catalyst, deps=[QUESTIONS]),
     ]
-    for t in range(1, cfg.experiment.iterations + 1):
-        sel, cand = key(t, "selected"), key(t, "candidates")
+    for stage in stages(cfg.arms, cfg.experiment.iterations):
+        if stage.iteration == 0:
+            continue
+        sel, cand = key(stage.schema, "selected"), key(stage.generation_schema, "candidates")
 
         def rationales(ctx, wh, sel=sel, cand=cand):
             return decontamination_result(selected_texts(wh.read(sel.path), wh.read(cand.path)), index(wh))

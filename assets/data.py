@@ -16,7 +16,7 @@ from resources import GenerationResource
 from srlm import catalyst as cat
 from srlm import prompts
 from srlm.config import ExperimentConfig
-from srlm.datasets import Example, Rejected, load_instructions, reject_too_long
+from srlm.datasets import Example, Rejected, check_intake, load_instructions, reject_too_long, source_name
 from srlm.engines.types import SamplingParams
 
 INSTRUCTIONS = dg.AssetKey(["data", "instructions"])
@@ -105,11 +105,13 @@ def build_data_assets(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
 
 def instructions_tables(config: ExperimentConfig, engine) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """What data/instructions writes: D0, its rejected rows (examples too long for `engine`'s model among
-    them), and the row counts."""
+    them), and the row counts. IntakeError when a source file keeps no row or rejects too many."""
     loaded = load_instructions(config.instructions.sources, config.instructions.seed)
     texts = [answer_text(engine, e.instruction, e.input, e.rationale, e.output) for e in loaded.examples]
     rows, loaded.examples, too_long = _keep_what_fits(loaded.examples, texts, engine, lambda e: e.example_id)
     loaded.rejected += too_long
+    check_intake("instructions", {source_name(s): s.path for s in config.instructions.sources},
+                 [e.source for e in loaded.examples], loaded.rejected, config.instructions.max_rejected_fraction)
     return frame(rows, schemas.INSTRUCTIONS), rejected_frame(loaded.rejected), loaded.counts()
 
 
@@ -117,11 +119,13 @@ def catalyst_tables(
     config: ExperimentConfig, generation: GenerationResource, instructions: pl.DataFrame, engine
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """What data/catalyst writes: C from the configured source, its rejected rows (records too long for
-    `engine`'s model among them), and the row counts."""
+    `engine`'s model among them), and the row counts. IntakeError when C is empty or rejects too many."""
     result = _catalyst_records(config, generation, instructions)
     texts = [enrich_text(engine, r) for r in result.records]
     rows, result.records, too_long = _keep_what_fits(result.records, texts, engine, lambda r: r.catalyst_id)
     result.rejected += too_long
+    check_intake("catalyst", cat.catalyst_files(config.catalyst), [r.source for r in result.records], result.rejected,
+                 config.catalyst.max_rejected_fraction)
     return frame(rows, schemas.CATALYST), rejected_frame(result.rejected), result.counts()
 
 

@@ -13,8 +13,10 @@ from assets.data import BASE_MODEL
 from assets.iteration import key
 from assets.tables import code_version, frame, table_output
 from resources import GenerationResource, WarehouseResource
-from srlm import answer_extraction, benchmarks, evaluation, plots, voting
+from srlm import answer_extraction, benchmarks, comparison, evaluation, plots, stats, voting
 from srlm.benchmarks import Question, read_benchmark, sample_questions
+from srlm.arms import BASE_STAGE, Stage, comparison_pairs, stages
+from srlm.comparison import comparison_rows
 from srlm.config import ExperimentConfig
 from srlm.evaluation import EvalSettings, accuracy_at_smallest_n, evaluate
 from srlm.sqlfiles import run_sql, sql_version
@@ -23,6 +25,7 @@ QUESTIONS = dg.AssetKey(["eval", "questions"])
 BASE_EVAL = dg.AssetKey(["eval", "base_model"])
 SUMMARY = dg.AssetKey(["eval", "summary"])
 SCALING = dg.AssetKey(["eval", "scaling"])
+COMPARISON = dg.AssetKey(["eval", "comparison"])
 
 
 def _source_version(*modules) -> str:
@@ -123,20 +126,27 @@ def build_evaluation_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
         meta = {f"{r['benchmark']}": f"{r['sampled']} of {r['len']}" for r in counts.iter_rows(named=True)}
         return table_output(df, meta)
 
-    assets = [questions, _evaluation(cfg, BASE_EVAL, BASE_MODEL, None, "the base model", "eval")]
-    for t in range(cfg.experiment.iterations + 1):
-        assets.append(_evaluation(cfg, key(t, "eval"), BASE_MODEL, key(t, "checkpoint"), f"M{t}", f"iter_{t}"))
-    eval_keys = [BASE_EVAL] + [key(t, "eval") for t in range(cfg.experiment.iterations + 1)]
-    assets += [_sql_summary(SUMMARY, "eval_summary", eval_keys), _sql_summary(SCALING, "eval_scaling", eval_keys)]
+    assets = [questions, _evaluation(cfg, BASE_STAGE, None)]
+    assets += [_evaluation(cfg, stage, key(stage.schema, "checkpoint")) for stage in stages(cfg.arms, cfg.experiment.iterations)]
+    keys = eval_keys(cfg)
+    assets += [_sql_summary(SUMMARY, "eval_summary", keys), _sql_summary(SCALING, "eval_scaling", keys), _comparison(cfg, keys)]
     return assets
 
 
-def _evaluation(
-    cfg: ExperimentConfig, asset_key: dg.AssetKey, base_key: dg.AssetKey, checkpoint_key: dg.AssetKey | None, who: str, group: str
-) -> dg.AssetsDefinition:
+def eval_key(stage: Stage) -> dg.AssetKey:
+    return BASE_EVAL if stage is BASE_STAGE else key(stage.schema, "eval")
+
+
+def eval_keys(cfg: ExperimentConfig) -> list[dg.AssetKey]:
+    """Every evaluation asset: the base model's, then each checkpoint's."""
+    return [eval_key(BASE_STAGE)] + [eval_key(s) for s in stages(cfg.arms, cfg.experiment.iterations)]
+
+
+def _evaluation(cfg: ExperimentConfig, stage: Stage, checkpoint_key: dg.AssetKey | None) -> dg.AssetsDefinition:
     EvalConfig = eval_config_class(cfg)
+    asset_key = eval_key(stage)
     protocols = {name: b.protocol for name, b in cfg.eval.enabled.items()}
-    ins = {"questions": dg.AssetIn(QUESTIONS), "base": dg.AssetIn(base_key)}
+    ins = {"questions": dg.AssetIn(QUESTIONS), "base": dg.AssetIn(BASE_MODEL)}
     if checkpoint_key is not None:
         ins["checkpoint"] = dg.AssetIn(checkpoint_key)
 
@@ -148,13 +158,16 @@ def _evaluation(
             name: [to_question(r) for r in sampled.filter(pl.col("benchmark") == name).iter_rows(named=True)]
             for name in protocols
         }
-        engine = generation.engine(base["path"][0])
-        adapter = checkpoint["path"][0] if checkpoint is not None else None
+        storage = cfg.paths.open_storage()
+        # the local engine, or Ray Data jobs whose rows land under shards/<asset key> (srlm/distributed.py)
+        engine = generation.runner(base["path"][0], storage, storage.join("shards", *asset_key.path))
+        # local engines read a local folder (an object store's checkpoint through the home's cache); Ray's actors fetch it
+        adapter = generation.adapter(checkpoint["path"][0], storage, str(cfg.home)) if checkpoint is not None else None
         rows = evaluate(by_benchmark, protocols, engine, adapter, settings, log=context.log.info)
-        ident = {"checkpoint_id": model["checkpoint_id"][0], "iteration": int(model["iteration"][0])}
+        ident = {"checkpoint_id": model["checkpoint_id"][0], "arm": stage.arm, "iteration": int(model["iteration"][0])}
         df = frame(({**ident, **r} for r in rows), schemas.EVALS)
         meta = {f"accuracy/{b}": a for b, a in accuracy_at_smallest_n(rows).items()}
-        return table_output(df, {"checkpoint_id": ident["checkpoint_id"], **meta})
+        return table_output(df, {"checkpoint_id": ident["checkpoint_id"], **meta, **generation.job_metadata(engine)})
 
     # Dagster reads an asset's inputs and config from its signature, so both variants are spelled out.
     if checkpoint_key is None:
@@ -170,10 +183,11 @@ def _evaluation(
     return dg.asset(
         key=asset_key,
         ins=ins,
-        group_name=group,
+        group_name="eval" if stage is BASE_STAGE else stage.schema,
         kinds={"pytorch", "polars", "parquet"},
+        tags={"arm": stage.arm.replace("/", "_")},
         description=(
-            f"{who} on the sampled benchmark questions: one row per question and number of voted samples N "
+            f"{'the base model' if stage is BASE_STAGE else stage.label} on the sampled benchmark questions: one row per question and number of voted samples N "
             "(prediction, correct; generate protocol: majority vote over the first N sampled answers)."
         ),
         code_version=code_version(cfg.section_hash("eval"), EVAL_RECIPE),
@@ -203,9 +217,43 @@ def _sql_summary(asset_key: dg.AssetKey, query: str, eval_keys: list[dg.AssetKey
         code_version=sql_version(query),
     )
     def summary(warehouse: WarehouseResource):
-        evals = pl.concat([warehouse.read(k.path) for k in eval_keys], how="diagonal_relaxed")
+        evals = _read_evals(warehouse, eval_keys)
         df = pl.from_arrow(run_sql(query, {"evals": evals.to_arrow()}))
         title, plot = PLOTS[query]
         return table_output(df, {"plot": dg.MetadataValue.md(plots.markdown_image(plot(df), title))})
 
     return summary
+
+
+def _read_evals(warehouse: WarehouseResource, keys: list[dg.AssetKey]) -> pl.DataFrame:
+    """Every evaluation table materialized so far (a run of one arm leaves the others' absent)."""
+    tables = [warehouse.read(k.path) for k in keys if warehouse.exists(k.path)]
+    return pl.concat(tables, how="diagonal_relaxed") if tables else frame([], schemas.EVALS)
+
+
+def _comparison(cfg: ExperimentConfig, keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
+    pairs = comparison_pairs(cfg.arms, cfg.experiment.iterations)
+
+    @dg.asset(
+        key=COMPARISON,
+        deps=keys,
+        group_name="eval",
+        kinds={"polars", "parquet"},
+        description=(
+            "Paired comparisons on the same questions: each checkpoint against sft and against the previous "
+            "checkpoint of its arm (each SRLM arm's last one also against each self-training arm's), per "
+            "benchmark, N and metric: difference with a 95% paired-bootstrap interval, exact McNemar p, "
+            "verdict, and the smallest difference detectable at that n with 80% power."
+        ),
+        code_version=code_version(_source_version(stats, comparison), str(cfg.eval.comparison_resamples), str(cfg.eval.seed)),
+    )
+    def comparison_table(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        evals = _read_evals(warehouse, keys)
+        rows = comparison_rows(evals, pairs, cfg.eval.comparison_resamples, cfg.eval.seed)
+        df = frame(rows, schemas.EVAL_COMPARISON)
+        for sentence in run_sql("comparison_headline", {"comparison": df.to_arrow()})["sentence"].to_pylist():
+            context.log.info(sentence)
+        verdicts = dict(df.group_by("verdict").len().iter_rows()) if df.height else {}
+        return table_output(df, {"pairs": len(pairs), **{f"verdict/{k}": v for k, v in verdicts.items()}})
+
+    return comparison_table

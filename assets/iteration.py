@@ -1,19 +1,17 @@
-"""The self-improvement loop, unrolled by a factory: iter_0 (M0), then iter_1 .. iter_T.
+"""The arms' chains, unrolled by a factory (srlm/arms.py names every schema).
 
-    iter_0/training_examples -> iter_0/checkpoint
-    iter_t/candidates -> iter_t/scores -> iter_t/selected -> iter_t/training_examples -> iter_t/checkpoint
-                                        -> iter_t/selector_choices (every selector's pick, for comparison)
+    sft/training_examples -> sft/checkpoint                                   (D0 only)
+    srlm_iter_0/training_examples -> srlm_iter_0/checkpoint                   (M0: D0 + catalyst)
+    <gen>/candidates -> <gen>/scores -> <gen>/selector_choices                (written by the previous checkpoint)
+                                     -> <arm>_iter_t/selected -> <arm>_iter_t/training_examples -> <arm>_iter_t/checkpoint
 
-iter_t/candidates depends on iter_{t-1}/checkpoint (the model that enriches) and on
-iter_{t-1}/training_examples (each example's current rationale: the parent of its candidates).
-M_t trains on all of D0 with, per example, the newest selected rationale (examples not selected at t keep
-their previous one, so a subset expansion never shrinks the training set), plus the catalyst.
+<gen> is the stage's generation schema: `srlm_iter_1` for every SRLM arm's first iteration (M0 writes the
+same candidates for all of them), else the arm's own `<arm>_iter_t`. Candidates depend on the previous
+checkpoint (the model that rewrites) and the previous training set (each example's current rationale:
+the parent of its candidates).
 """
 
 
-import random
-from enum import Enum
-from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -24,24 +22,31 @@ from assets import schemas
 from assets.data import BASE_MODEL, CATALYST, INSTRUCTIONS
 from assets.tables import code_version, fingerprint, frame, table_output
 from resources import GenerationResource, TrainingResource, WarehouseResource
-from srlm import plots, prompts
-from srlm.checkpoints import checkpoint_id_for, commit_dir
-from srlm.config import SELECTORS, ExperimentConfig
+from srlm import enrichment, plots, prompts
+from srlm.arms import SELECTORS, Stage, stages
+from srlm.checkpoints import checkpoint_id_for, commit_checkpoint, local_checkpoint
+from srlm.config import ExperimentConfig
 from srlm.engines.types import SamplingParams
-from srlm.expansion import ExpansionSettings, ExpansionTask, expand, recipe_key
+from srlm.expansion import PROMPTS, ExpansionSettings, expand, recipe_key
 from srlm.scoring import Reference, Scorable, score
-from srlm.story import rationale_story
 from srlm.selection import count_examples, select_best, select_with_every_selector, selection_sql_version
+from srlm.sqlfiles import run_sql, sql_version
+from srlm.storage import StoredFile
+from srlm.story import rationale_story
+from srlm.training_sets import expansion_tasks, initial_rows, next_rows
 
-Selector = Enum("Selector", {name: name for name in SELECTORS}, type=str)
+
+def key(schema: str, name: str) -> dg.AssetKey:
+    return dg.AssetKey([schema, name])
 
 
-def key(iteration: int, name: str) -> dg.AssetKey:
-    return dg.AssetKey([f"iter_{iteration}", name])
+def generation_arm(stage: Stage) -> str:
+    """The `arm` of a stage's candidates and scores: "srlm" when the SRLM arms share them."""
+    return "srlm" if stage.generation_schema == "srlm_iter_1" else stage.arm
 
 
 def expand_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
-    """Launchpad knobs of iter_t/candidates; defaults come from the experiment config."""
+    """Launchpad knobs of the candidates; defaults come from the experiment config."""
     e = cfg.expand
     return create_model(
         "ExpandConfig",
@@ -54,25 +59,15 @@ def expand_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
 
 
 def select_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
-    """Launchpad knobs of iter_t/selected; defaults come from the experiment config."""
-    s = cfg.select
+    """Launchpad knob of a selection (the selector is the arm's); default from the experiment config."""
     return create_model(
         "SelectConfig",
         __base__=dg.Config,
-        selector=(Selector, Field(default=Selector(s.selector), description="length | likelihood | consistency")),
         margin=(
             Optional[float],
-            Field(default=s.margin, ge=0, description="keep a winner only if it beats its parent by more than this (empty: always)"),
+            Field(default=cfg.select.margin, ge=0, description="keep a winner only if it beats its parent by more than this (empty: always)"),
         ),
     )
-
-
-def expansion_subset(example_ids: list[str], size: int | None, seed: int) -> list[str]:
-    """The examples enriched every iteration: the same seeded subset each time, so chains grow deep."""
-    ordered = sorted(example_ids)
-    if size is None or size >= len(ordered):
-        return ordered
-    return sorted(random.Random(seed).sample(ordered, size))
 
 
 def answer_rows(df: pl.DataFrame) -> pl.DataFrame:
@@ -80,16 +75,15 @@ def answer_rows(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def build_iteration_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
-    assets = [_initial_training_examples(), _checkpoint(cfg, 0)]
-    for t in range(1, cfg.experiment.iterations + 1):
-        assets += [
-            _candidates(cfg, t),
-            _scores(cfg, t),
-            _selected(cfg, t),
-            _selector_choices(cfg, t),
-            _training_examples(t),
-            _checkpoint(cfg, t),
-        ]
+    assets, generated = [], set()
+    for stage in stages(cfg.arms, cfg.experiment.iterations):
+        if stage.iteration == 0:
+            assets += [_initial_training_examples(stage), _checkpoint(cfg, stage)]
+            continue
+        if stage.generation_schema not in generated:
+            generated.add(stage.generation_schema)
+            assets += [_candidates(cfg, stage), _scores(cfg, stage), _selector_choices(cfg, stage)]
+        assets += [_selected(cfg, stage), _training_examples(stage), _checkpoint(cfg, stage)]
     return assets
 
 
@@ -104,87 +98,70 @@ def _training_metadata(df: pl.DataFrame) -> dict:
     }
 
 
+def _tags(stage: Stage) -> dict[str, str]:
+    return {"arm": stage.arm.replace("/", "_")}
+
+
 # ----------------------------------------------------------------------------------------------- training sets
 
 
-def _initial_training_examples() -> dg.AssetsDefinition:
-    @dg.asset(
-        key=key(0, "training_examples"),
-        ins={"instructions": dg.AssetIn(INSTRUCTIONS), "catalyst": dg.AssetIn(CATALYST), "base": dg.AssetIn(BASE_MODEL)},
-        group_name="iter_0",
-        kinds={"polars", "parquet"},
-        description="M0's training set: answering on D0 (with whatever rationale D0 has) plus enriching on the catalyst C.",
-        code_version=code_version(prompts.ANSWER_FORMAT_VERSION, prompts.ENRICH_VERSION, "training-examples-v1"),
-    )
-    def training_examples(generation: GenerationResource, instructions: pl.DataFrame, catalyst: pl.DataFrame, base: pl.DataFrame):
+def _initial_training_examples(stage: Stage) -> dg.AssetsDefinition:
+    ins = {"instructions": dg.AssetIn(INSTRUCTIONS), "base": dg.AssetIn(BASE_MODEL)}
+    if stage.uses_catalyst:
+        ins["catalyst"] = dg.AssetIn(CATALYST)
+    what = "plus enriching on the catalyst C" if stage.uses_catalyst else "only (no catalyst)"
+
+    def build(generation: GenerationResource, instructions: pl.DataFrame, base: pl.DataFrame, catalyst: pl.DataFrame | None):
         engine = generation.engine(base["path"][0])
-        rows = [
-            {
-                "iteration": 0,
-                "task": "answer",
-                "example_id": ex["example_id"],
-                "rationale_id": ex["example_id"],
-                "rationale_iteration": 0,
-                "instruction": ex["instruction"],
-                "input": ex["input"],
-                "rationale": ex["rationale"],
-                "response": ex["output"],
-                "prompt": engine.render_chat(prompts.answer_messages(ex["instruction"], ex["input"])),
-                "completion": prompts.answer_completion(ex["rationale"], ex["output"]),
-            }
-            for ex in instructions.iter_rows(named=True)
-        ]
-        rows += [
-            {
-                "iteration": 0,
-                "task": "enrich",
-                "example_id": c["catalyst_id"],
-                "rationale_id": None,
-                "rationale_iteration": 0,
-                "instruction": c["instruction"],
-                "input": c["input"],
-                "rationale": c["rationale"],
-                "response": c["output"],
-                "prompt": engine.render_chat(prompts.enrich_messages(c["instruction"], c["input"], c["short_rationale"], c["output"])),
-                "completion": c["rationale"],
-            }
-            for c in catalyst.iter_rows(named=True)
-        ]
+        rows = initial_rows(stage.arm, instructions.iter_rows(named=True), catalyst.iter_rows(named=True) if catalyst is not None else None, engine.render_chat)
         df = frame(rows, schemas.TRAINING_EXAMPLES)
         return table_output(df, _training_metadata(df))
 
-    return training_examples
+    # Dagster reads an asset's inputs from its signature, so the two variants are spelled out.
+    if stage.uses_catalyst:
 
+        def training_examples(generation: GenerationResource, instructions: pl.DataFrame, base: pl.DataFrame, catalyst: pl.DataFrame):
+            return build(generation, instructions, base, catalyst)
 
-def _training_examples(t: int) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=key(t, "training_examples"),
-        ins={
-            "previous_examples": dg.AssetIn(key(t - 1, "training_examples")),
-            "selected": dg.AssetIn(key(t, "selected")),
-            "candidates": dg.AssetIn(key(t, "candidates")),
-        },
-        group_name=f"iter_{t}",
+    else:
+
+        def training_examples(generation: GenerationResource, instructions: pl.DataFrame, base: pl.DataFrame):
+            return build(generation, instructions, base, None)
+
+    versions = (prompts.ANSWER_FORMAT_VERSION, prompts.ENRICH_VERSION) if stage.uses_catalyst else (prompts.ANSWER_FORMAT_VERSION,)
+    return dg.asset(
+        key=key(stage.schema, "training_examples"),
+        ins=ins,
+        group_name=stage.schema,
         kinds={"polars", "parquet"},
+        tags=_tags(stage),
+        description=f"{stage.label}'s training set: answering on D0 (with whatever rationale D0 has) {what}.",
+        code_version=code_version(*versions, "training-examples-v2"),
+    )(training_examples)
+
+
+def _training_examples(stage: Stage) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=key(stage.schema, "training_examples"),
+        ins={
+            "previous_examples": dg.AssetIn(key(stage.previous.schema, "training_examples")),
+            "selected": dg.AssetIn(key(stage.schema, "selected")),
+            "candidates": dg.AssetIn(key(stage.generation_schema, "candidates")),
+        },
+        group_name=stage.schema,
+        kinds={"polars", "parquet"},
+        tags=_tags(stage),
         description=(
-            f"M{t}'s training set: answering on D0 with each example's newest selected rationale "
-            f"(selected at iteration {t} where there is one), plus the catalyst C."
+            f"{stage.label}'s training set: {stage.previous.label}'s, with each example selected at iteration "
+            f"{stage.iteration} answering with its new rationale."
         ),
         # renders answer completions only: the enriching rows are copied from the previous training set
-        code_version=code_version(prompts.ANSWER_FORMAT_VERSION, "training-examples-v1"),
+        code_version=code_version(prompts.ANSWER_FORMAT_VERSION, "training-examples-v2"),
     )
     def training_examples(previous_examples: pl.DataFrame, selected: pl.DataFrame, candidates: pl.DataFrame):
         chosen = selected.join(candidates.select("candidate_id", "text"), on="candidate_id", how="left")
         new_rationale = {r["example_id"]: (r["candidate_id"], r["text"]) for r in chosen.iter_rows(named=True)}
-        rows = []
-        for row in previous_examples.iter_rows(named=True):
-            row = {**row, "iteration": t}
-            if row["task"] == "answer" and row["example_id"] in new_rationale:
-                row["rationale_id"], row["rationale"] = new_rationale[row["example_id"]]
-                row["rationale_iteration"] = t
-                row["completion"] = prompts.answer_completion(row["rationale"], row["response"])
-            rows.append(row)
-        df = frame(rows, schemas.TRAINING_EXAMPLES)
+        df = frame(next_rows(stage.arm, stage.iteration, previous_examples.iter_rows(named=True), new_rationale), schemas.TRAINING_EXAMPLES)
         lengths = plots.rationale_lengths(pl.concat([previous_examples, df], how="diagonal_relaxed"))
         meta = {
             **_training_metadata(df),
@@ -199,32 +176,35 @@ def _training_examples(t: int) -> dg.AssetsDefinition:
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
-def _checkpoint(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
-    continue_previous = cfg.train.init == "previous" and t >= 1
-    ins = {"training_examples": dg.AssetIn(key(t, "training_examples")), "base": dg.AssetIn(BASE_MODEL)}
+def _checkpoint(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
+    continue_previous = cfg.train.init == "previous" and stage.iteration >= 1
+    ins = {"training_examples": dg.AssetIn(key(stage.schema, "training_examples")), "base": dg.AssetIn(BASE_MODEL)}
     if continue_previous:
-        ins["previous"] = dg.AssetIn(key(t - 1, "checkpoint"))
-    start = f"continuing M{t - 1}'s adapter" if continue_previous else "from the base model"
+        ins["previous"] = dg.AssetIn(key(stage.previous.schema, "checkpoint"))
+    start = f"continuing {stage.previous.label}'s adapter" if continue_previous else "from the base model"
+    prefix = "sft" if stage.arm == "sft" else f"M{stage.iteration}"
 
     def train(context: dg.AssetExecutionContext, training: TrainingResource, examples: pl.DataFrame, base: pl.DataFrame, prev):
-        home = cfg.home / "checkpoints" / f"iter_{t}"
-        staging = home / f"run-{context.run_id}"
+        storage = cfg.paths.open_storage()
+        staging = cfg.home / "checkpoints" / stage.schema / f"run-{context.run_id}"  # trained locally, then committed
         report = training.train(
             base["path"][0],
             list(zip(examples["prompt"].to_list(), examples["completion"].to_list())),
             str(staging),
             cfg.train,
-            seed=cfg.experiment.seed + t,
-            init_adapter=prev["path"][0] if prev is not None else None,
+            seed=cfg.experiment.seed + stage.iteration,
+            init_adapter=local_checkpoint(prev["path"][0], storage, cfg.home) if prev is not None else None,
             log=context.log.info,
+            logging_dir=str(cfg.home / "tensorboard" / stage.schema / context.run_id),
         )
-        ckpt_id = checkpoint_id_for(f"M{t}", staging)
-        final = commit_dir(staging, home / ckpt_id)
+        ckpt_id = checkpoint_id_for(prefix, staging)
+        final = commit_checkpoint(staging, storage, cfg.home, stage.schema, ckpt_id)
         row = {
             "checkpoint_id": ckpt_id,
-            "iteration": t,
+            "arm": stage.arm,
+            "iteration": stage.iteration,
             "base_model": base["checkpoint_id"][0],
-            "path": str(final),
+            "path": final,
             "trained_on": fingerprint(examples),
             "train_loss": report.final_loss,
             "run_id": context.run_id,
@@ -256,11 +236,12 @@ def _checkpoint(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             return train(context, training, training_examples, base, None)
 
     return dg.asset(
-        key=key(t, "checkpoint"),
+        key=key(stage.schema, "checkpoint"),
         ins=ins,
-        group_name=f"iter_{t}",
+        group_name=stage.schema,
         kinds={"pytorch", "peft"},
-        description=f"M{t}: a LoRA adapter (peft format) trained on iter_{t}/training_examples, {start}.",
+        tags=_tags(stage),
+        description=f"{stage.label}: a LoRA adapter (peft format) trained on {stage.schema}/training_examples, {start}.",
         code_version=code_version(cfg.section_hash("train"), str(cfg.experiment.seed)),
     )(checkpoint)
 
@@ -268,26 +249,29 @@ def _checkpoint(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
 # ----------------------------------------------------------------------------------------------- expand, score, select
 
 
-def _candidates(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
+def _candidates(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     ExpandConfig = expand_config_class(cfg)
+    gen, writer = stage.generation_schema, stage.previous
+    task = "enriches" if stage.prompt == "enrich" else "answers again, rewriting"
 
     @dg.asset(
-        key=key(t, "candidates"),
+        key=key(gen, "candidates"),
         ins={
-            "previous_examples": dg.AssetIn(key(t - 1, "training_examples")),
-            "previous_checkpoint": dg.AssetIn(key(t - 1, "checkpoint")),
+            "previous_examples": dg.AssetIn(key(writer.schema, "training_examples")),
+            "previous_checkpoint": dg.AssetIn(key(writer.schema, "checkpoint")),
             "base": dg.AssetIn(BASE_MODEL),
         },
-        group_name=f"iter_{t}",
+        group_name=gen,
         kinds={"pytorch", "polars", "parquet"},
+        tags=_tags(stage) if gen != "srlm_iter_1" else {"arm": "srlm"},
         description=(
-            f"M{t - 1} enriches the current rationale of each expanded example into N candidates "
-            "(seeded sampling, generated in committed shards; parent_id = the rationale it enriched)."
+            f"{writer.label} {task} the current rationale of each expanded example into N candidates "
+            "(seeded sampling, generated in committed shards; parent_id = the rationale it rewrote)."
         ),
-        # the enriching prompt, then the rationale read out of each generation (strip_think, think tags)
+        # the prompt, then the rationale read out of each generation (strip_think, think tags)
         code_version=code_version(
             cfg.section_hash("expand"),
-            prompts.ENRICH_VERSION,
+            PROMPTS[stage.prompt][1],
             prompts.RATIONALE_EXTRACTION_VERSION,
             prompts.ANSWER_FORMAT_VERSION,
             str(cfg.experiment.seed),
@@ -301,12 +285,7 @@ def _candidates(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
         previous_checkpoint: pl.DataFrame,
         base: pl.DataFrame,
     ):
-        current = {r["example_id"]: r for r in answer_rows(previous_examples).iter_rows(named=True)}
-        subset = expansion_subset(list(current), cfg.expand.examples, cfg.experiment.seed)
-        tasks = [
-            ExpansionTask(e, current[e]["rationale_id"], current[e]["instruction"], current[e]["input"], current[e]["rationale"], current[e]["response"])
-            for e in subset
-        ]
+        tasks = expansion_tasks(previous_examples.iter_rows(named=True), cfg.expand.examples, cfg.experiment.seed)
         params = SamplingParams(
             n=config.candidates,
             temperature=config.temperature,
@@ -314,11 +293,16 @@ def _candidates(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             max_new_tokens=config.max_new_tokens,
             seed=cfg.experiment.seed,
         )
-        settings = ExpansionSettings(t, previous_checkpoint["checkpoint_id"][0], params, cfg.expand.shard_size)
-        adapter = previous_checkpoint["path"][0]
-        shard_dir = cfg.home / "shards" / f"iter_{t}" / "candidates" / recipe_key(tasks, settings, adapter)
-        engine = generation.engine(base["path"][0])
-        table, counts = expand(tasks, engine, settings, shard_dir, context.run_id, adapter, context.log.info)
+        settings = ExpansionSettings(
+            stage.iteration, previous_checkpoint["checkpoint_id"][0], params, cfg.expand.shard_size, generation_arm(stage), stage.prompt
+        )
+        storage = cfg.paths.open_storage()
+        adapter = previous_checkpoint["path"][0]  # where it is stored: part of the recipe, the same on every machine
+        shard_dir = storage.join("shards", gen, "candidates", recipe_key(tasks, settings, adapter))
+        # the local engine, or Ray Data jobs whose rows land beside the shards (srlm/distributed.py)
+        engine = generation.runner(base["path"][0], storage, f"{shard_dir}/rows")
+        run_adapter = generation.adapter(adapter, storage, str(cfg.home))
+        table, counts = expand(tasks, engine, settings, shard_dir, context.run_id, run_adapter, context.log.info, storage)
         df = pl.from_arrow(table).sort(["example_id", "sample_index"])
         meta = {
             "examples": len(tasks),
@@ -327,29 +311,33 @@ def _candidates(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             "cut_off_at_token_limit": int((df["finish_reason"] == "length").sum()),
             "shards_reused": counts["reused"],
             "shards_generated": counts["generated"],
+            **generation.job_metadata(engine),
         }
         return table_output(df, meta)
 
     return candidates
 
 
-def _scores(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
+def _scores(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
+    gen, writer = stage.generation_schema, stage.previous
+
     @dg.asset(
-        key=key(t, "scores"),
+        key=key(gen, "scores"),
         ins={
-            "candidates": dg.AssetIn(key(t, "candidates")),
-            "previous_examples": dg.AssetIn(key(t - 1, "training_examples")),
-            "previous_checkpoint": dg.AssetIn(key(t - 1, "checkpoint")),
+            "candidates": dg.AssetIn(key(gen, "candidates")),
+            "previous_examples": dg.AssetIn(key(writer.schema, "training_examples")),
+            "previous_checkpoint": dg.AssetIn(key(writer.schema, "checkpoint")),
             "base": dg.AssetIn(BASE_MODEL),
         },
-        group_name=f"iter_{t}",
+        group_name=gen,
         kinds={"pytorch", "polars", "parquet"},
+        tags=_tags(stage) if gen != "srlm_iter_1" else {"arm": "srlm"},
         description=(
             "Every selector's score for every candidate (role 'candidate') and for the parent rationale each "
-            f"example started from (role 'parent'): length, likelihood under M{t - 1}, consistency."
+            f"example started from (role 'parent'): length, likelihood under {writer.label}, consistency."
         ),
         code_version=code_version(
-            prompts.ANSWER_FORMAT_VERSION, str(cfg.select.degeneration_ngram), str(cfg.select.max_repeated_fraction), "scores-v1"
+            prompts.ANSWER_FORMAT_VERSION, str(cfg.select.degeneration_ngram), str(cfg.select.max_repeated_fraction), "scores-v2"
         ),
     )
     def scores(
@@ -367,12 +355,15 @@ def _scores(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             for r in candidates.iter_rows(named=True)
         ]
         items += [Scorable(r["rationale_id"], r["example_id"], "parent", r["rationale"], "stop") for r in parents.iter_rows(named=True)]
+        storage = cfg.paths.open_storage()
+        engine = generation.runner(base["path"][0], storage, storage.join("shards", gen, "scores"))
         table = score(
             items,
             references,
-            generation.engine(base["path"][0]),
-            t,
-            adapter=previous_checkpoint["path"][0],
+            engine,
+            stage.iteration,
+            generation_arm(stage),
+            adapter=generation.adapter(previous_checkpoint["path"][0], storage, str(cfg.home)),
             ngram=cfg.select.degeneration_ngram,
             max_repeated_fraction=cfg.select.max_repeated_fraction,
         )
@@ -381,36 +372,42 @@ def _scores(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             "candidates": df.filter(pl.col("role") == "candidate").height,
             **plots.score_summary(df),  # per selector: mean, p10, median, p90 of finite scores; degenerate count
             "score_distributions": dg.MetadataValue.md(plots.markdown_image(plots.score_distributions(df), "selector scores")),
+            **generation.job_metadata(engine),
         }
         return table_output(df, meta)
 
     return scores
 
 
-def _selection_inputs(warehouse: WarehouseResource, t: int) -> tuple[Path, Path]:
-    """The Parquet files of iter_t/candidates and iter_t/scores: DuckDB reads them where they lie, so the
-    candidate table is never loaded into Python."""
-    return warehouse.path(key(t, "candidates").path), warehouse.path(key(t, "scores").path)
+def _selection_inputs(warehouse: WarehouseResource, gen: str) -> tuple[StoredFile, StoredFile]:
+    """The Parquet files of a stage's candidates and scores: DuckDB reads them where they lie (on an object
+    store too), so the candidate table is never loaded into Python."""
+    return warehouse.source(key(gen, "candidates").path), warehouse.source(key(gen, "scores").path)
 
 
-def _selected(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
+def _with_arm(df: pl.DataFrame, arm: str) -> pl.DataFrame:
+    return df.with_columns(pl.lit(arm).alias("arm")).select(list(schemas.SELECTED))
+
+
+def _selected(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     SelectConfig = select_config_class(cfg)
+    gen, selector = stage.generation_schema, stage.selector
 
     @dg.asset(
-        key=key(t, "selected"),
-        deps=[key(t, "candidates"), key(t, "scores")],
-        group_name=f"iter_{t}",
+        key=key(stage.schema, "selected"),
+        deps=[key(gen, "candidates"), key(gen, "scores")],
+        group_name=stage.schema,
         kinds={"duckdb", "sql", "parquet"},
+        tags=_tags(stage),
         description=(
-            "Per example, the candidate the selector keeps (`sql/select_{selector}.sql`, run by DuckDB): "
+            f"Per example, the candidate the `{selector}` selector keeps (`sql/select_{selector}.sql`, run by DuckDB): "
             "best score, deterministic tie-breaks, optionally only if it beats its parent by a margin."
         ),
-        code_version=code_version(selection_sql_version([cfg.select.selector]), cfg.section_hash("select")),
+        code_version=code_version(selection_sql_version([selector]), cfg.section_hash("select")),
     )
     def selected(context: dg.AssetExecutionContext, config: SelectConfig, warehouse: WarehouseResource):  # type: ignore[valid-type]
-        selector = config.selector.value
-        candidates, scores = _selection_inputs(warehouse, t)
-        df = pl.from_arrow(select_best(candidates, scores, selector, config.margin))
+        candidates, scores = _selection_inputs(warehouse, gen)
+        df = _with_arm(pl.from_arrow(select_best(candidates, scores, selector, config.margin)), stage.arm)
         examples = count_examples(candidates)
         meta = {
             "selector": selector,
@@ -422,7 +419,7 @@ def _selected(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
             "mean_parent_score": float(df["parent_score"].mean() or 0.0) if df.height else 0.0,
         }
         if df.height:  # one example's story, so the UI shows where a kept rationale came from and why it won
-            meta["story"] = dg.MetadataValue.md(rationale_story(warehouse.home, df["candidate_id"][0], selector))
+            meta["story"] = dg.MetadataValue.md(rationale_story(warehouse.home, df["candidate_id"][0], selector, stage.schema))
         context.log.info(f"{selector}: kept {df.height} of {examples} examples")
         return table_output(df, meta)
 
@@ -435,29 +432,41 @@ def _agreement(choices: pl.DataFrame) -> int:
     return per_example.filter((pl.col("kept") == len(SELECTORS)) & (pl.col("distinct") == 1)).height
 
 
-def _selector_choices(cfg: ExperimentConfig, t: int) -> dg.AssetsDefinition:
-    margin = cfg.select.margin
+def _selector_choices(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
+    margin, gen = cfg.select.margin, stage.generation_schema
+
+    parents = key(stage.previous.schema, "training_examples")
 
     @dg.asset(
-        key=key(t, "selector_choices"),
-        deps=[key(t, "candidates"), key(t, "scores")],
-        group_name=f"iter_{t}",
+        key=key(gen, "selector_choices"),
+        deps=[key(gen, "candidates"), key(gen, "scores"), parents],
+        group_name=gen,
         kinds={"duckdb", "sql", "parquet"},
+        tags=_tags(stage) if gen != "srlm_iter_1" else {"arm": "srlm"},
         description=(
             "What each selector keeps per example (every `sql/select_*.sql` over the same candidates and scores, "
-            "with the experiment's margin), so selectors can be compared in SQL; `selected` holds the configured one's."
+            "with the experiment's margin), so selectors can be compared in SQL; `selected` holds the arm's own. "
+            "Its metadata shows the method at work: candidate length against the parents, skill markers, "
+            "likelihood gains, selector agreement, and three rewritten rationales beside their parents."
         ),
-        code_version=code_version(selection_sql_version(), str(margin)),
+        code_version=code_version(selection_sql_version(), sql_version("enrichment", "enrichment_examples"), str(margin)),
     )
-    def selector_choices(warehouse: WarehouseResource):
-        candidates, scores = _selection_inputs(warehouse, t)
-        df = pl.from_arrow(select_with_every_selector(candidates, scores, margin))
+    def selector_choices(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        candidates, scores = _selection_inputs(warehouse, gen)
+        df = _with_arm(pl.from_arrow(select_with_every_selector(candidates, scores, margin)), generation_arm(stage))
         kept = dict(df.group_by("selector").len().iter_rows())
+        relations = {"candidates": candidates, "scores": scores, "selector_choices": df.to_arrow(), "training_examples": warehouse.source(parents.path)}
+        figures = run_sql("enrichment", relations).to_pylist()
+        examples = run_sql("enrichment_examples", relations).to_pylist()
         meta = {
             "examples": count_examples(candidates),
             **{f"kept_by_{s}": kept.get(s, 0) for s in SELECTORS},
             "all_selectors_agree": _agreement(df),
+            **({f"enrichment/{k}": v for k, v in figures[0].items() if k not in ("arm", "iteration")} if figures else {}),
+            "rewritten_beside_parents": dg.MetadataValue.md(enrichment.examples_markdown(examples)),
         }
+        for row in figures:
+            context.log.info(enrichment.summary_line(row))
         return table_output(df, meta)
 
     return selector_choices

@@ -12,6 +12,7 @@ from assets.tables import code_version, frame, table_output
 from resources import GenerationResource
 from srlm import prompts
 from srlm.checkpoints import checkpoint_id_for, commit_dir
+from srlm.arms import BASE_ARM
 from srlm.config import ExperimentConfig
 from srlm.datasets import load_instructions
 
@@ -36,7 +37,7 @@ def corpus_documents(cfg: ExperimentConfig) -> list[str]:
 
 
 def build_model_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
-    source = "the bootstrap model trained here" if cfg.model.is_bootstrap else f"the local model {cfg.model.base}"
+    source = "the bootstrap model trained here" if cfg.model.is_bootstrap else f"{cfg.model.base}"
 
     @dg.asset(
         key=BASE_MODEL,
@@ -44,7 +45,7 @@ def build_model_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
         kinds={"pytorch", "huggingface"},
         description=(
             f"The base model ({source}); one row: checkpoint_id, path (a Hugging Face model directory), size. "
-            "Every checkpoint is a LoRA adapter on top of it."
+            "A preset or a .gguf file is converted once into $SRLM_HOME/models. Every checkpoint is a LoRA adapter on top of it."
         ),
         # the bootstrap corpus holds answers in the think format; the enrich templates do not reach the base model
         code_version=code_version(cfg.section_hash("model"), prompts.ANSWER_FORMAT_VERSION),
@@ -65,6 +66,7 @@ def build_model_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
 def _row(cfg: ExperimentConfig, checkpoint_id: str, path: str, run_id: str) -> dict:
     return {
         "checkpoint_id": checkpoint_id,
+        "arm": BASE_ARM,
         "iteration": -1,
         "base_model": checkpoint_id,
         "path": path,
@@ -77,7 +79,7 @@ def _row(cfg: ExperimentConfig, checkpoint_id: str, path: str, run_id: str) -> d
         "steps": None,
         "seconds": None,
         "truncated_examples": None,
-        "source": "bootstrap" if cfg.model.is_bootstrap else "local",
+        "source": "bootstrap",
         "parameters": None,
         "heldout_perplexity": None,
         "tokens_seen": None,
@@ -121,5 +123,21 @@ def _bootstrap(context: dg.AssetExecutionContext, cfg: ExperimentConfig) -> tupl
 
 
 def _local(cfg: ExperimentConfig, run_id: str) -> tuple[dict, dict]:
-    ckpt_id = checkpoint_id_for("base", cfg.model.base)
-    return _row(cfg, ckpt_id, cfg.model.base, run_id), {"checkpoint_id": ckpt_id, "path": cfg.model.base}
+    """A preset, a .gguf file (converted once into $SRLM_HOME/models) or a Hugging Face directory."""
+    from srlm.base_models import model_card, resolve_base
+
+    resolved = resolve_base(cfg.model.base, cfg.home / "models")
+    card = model_card(resolved.path)
+    ckpt_id = checkpoint_id_for("base", resolved.path)
+    row = _row(cfg, ckpt_id, str(resolved.path), run_id)
+    row.update(source=resolved.source["kind"], parameters=card["parameters"])
+    meta = {
+        "checkpoint_id": ckpt_id,
+        "path": dg.MetadataValue.path(str(resolved.path)),
+        **{k: v for k, v in resolved.source.items() if v is not None},
+        "parameters": card["parameters"],
+        "architecture": card["architecture"],
+        "vocab_size": card["vocab_size"],
+        "chat_template": dg.MetadataValue.md(f"```jinja\n{card['chat_template'] or '(none)'}\n```"),
+    }
+    return row, meta

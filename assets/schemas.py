@@ -38,6 +38,7 @@ REJECTED = {
 }
 
 TRAINING_EXAMPLES = {
+    "arm": pl.String,  # sft | srlm (M0) | srlm/<selector> | self_train/<selector>
     "iteration": pl.Int64,
     "task": pl.String,  # "answer" (x -> <think>r</think> y) | "enrich" ((x, r0, y) -> r*)
     "example_id": pl.String,  # D0 example_id, or catalyst_id for enrich rows
@@ -53,6 +54,7 @@ TRAINING_EXAMPLES = {
 
 CHECKPOINTS = {
     "checkpoint_id": pl.String,
+    "arm": pl.String,  # base | sft | srlm (M0) | srlm/<selector> | self_train/<selector>
     "iteration": pl.Int64,  # -1 = the base model
     "base_model": pl.String,  # checkpoint_id of the base model
     "path": pl.String,
@@ -68,7 +70,7 @@ CHECKPOINTS = {
 }
 
 BASE_MODEL_EXTRA = {
-    "source": pl.String,  # bootstrap | local
+    "source": pl.String,  # bootstrap | preset | gguf | local
     "parameters": pl.Int64,
     "heldout_perplexity": pl.Float64,
     "tokens_seen": pl.Int64,
@@ -90,6 +92,7 @@ QUESTIONS = {
 
 EVALS = {
     "checkpoint_id": pl.String,
+    "arm": pl.String,  # base | sft | srlm (M0) | srlm/<selector> | self_train/<selector>
     "iteration": pl.Int64,  # -1 = the base model
     "benchmark": pl.String,
     "question_id": pl.String,
@@ -103,10 +106,15 @@ EVALS = {
     "completion": pl.String,
     "sample_predictions": pl.List(pl.String),  # the N extracted answers that voted
     "choice_logprobs": pl.List(pl.Float64),  # loglikelihood: total log p of each option
+    # loglikelihood: lm-evaluation-harness's acc_norm choice (total log p / the option's length in characters)
+    # and whether it is right; null for generate
+    "prediction_norm": pl.String,
+    "correct_norm": pl.Boolean,
 }
 
 SELECTED = {
     "example_id": pl.String,
+    "arm": pl.String,  # the arm whose next checkpoint trains on the choice (selector_choices: who generated)
     "iteration": pl.Int64,
     "candidate_id": pl.String,  # the kept candidate
     "selector": pl.String,
@@ -118,19 +126,46 @@ SELECTED = {
 
 EVAL_SUMMARY = {
     "checkpoint_id": pl.String,
+    "arm": pl.String,
     "iteration": pl.Int64,
     "benchmark": pl.String,
     "protocol": pl.String,
     "questions": pl.Int64,
     "accuracy": pl.Float64,  # at the smallest N (1 by default)
+    "accuracy_low": pl.Float64,  # 95% Wilson interval of the accuracy
+    "accuracy_high": pl.Float64,
+    "accuracy_norm": pl.Float64,  # lm-evaluation-harness's acc_norm (loglikelihood benchmarks; null for generate)
     "max_samples": pl.Int64,
     "accuracy_at_max_samples": pl.Float64,
-    "delta_previous": pl.Float64,  # against the previous iteration (M0: against the base model)
-    "delta_base": pl.Float64,
+    "delta_base": pl.Float64,  # against the base model
+}
+
+EVAL_COMPARISON = {
+    "checkpoint_id": pl.String,
+    "checkpoint": pl.String,  # label: sft, M0, "M2 srlm/likelihood"
+    "arm": pl.String,
+    "iteration": pl.Int64,
+    "reference_checkpoint_id": pl.String,
+    "reference": pl.String,
+    "relation": pl.String,  # vs_sft | vs_previous | vs_self_train
+    "benchmark": pl.String,
+    "n_samples": pl.Int64,
+    "metric": pl.String,  # acc | acc_norm (loglikelihood benchmarks)
+    "questions": pl.Int64,  # questions both answered (paired)
+    "accuracy": pl.Float64,
+    "reference_accuracy": pl.Float64,
+    "difference": pl.Float64,  # accuracy - reference_accuracy
+    "ci_low": pl.Float64,  # 95% paired bootstrap interval of the difference
+    "ci_high": pl.Float64,
+    "p_value": pl.Float64,  # exact McNemar
+    "verdict": pl.String,  # better | worse | no detectable difference (the interval excludes 0 or not)
+    "min_detectable_difference": pl.Float64,  # smallest |difference| detectable at this n with 80% power
+    "sentence": pl.String,
 }
 
 EVAL_SCALING = {
     "checkpoint_id": pl.String,
+    "arm": pl.String,
     "iteration": pl.Int64,
     "benchmark": pl.String,
     "n_samples": pl.Int64,

@@ -1,22 +1,30 @@
 """Cross-check of the loglikelihood protocol against EleutherAI lm-evaluation-harness, per question.
 
     pip install -e ".[bench]"          # lm-eval==0.4.13 (does not move the torch / transformers pins)
-    python bench/lm_eval_crosscheck.py --model DIR [--arc-limit 200] [--mmlu-subjects a b c] [--mmlu-limit 25]
+    python bench/lm_eval_crosscheck.py --model DIR [--arc-limit 200] [--hellaswag-limit 200]
+                                       [--mmlu-subjects a b c] [--mmlu-limit 25]
 
-The same local model directory is scored twice on the same questions of the offline data kit:
+The same local model directory (a bootstrap model, SmolLM2, any local HF causal LM) is scored twice on the
+same questions of the offline data kit:
 - project: srlm.evaluation.evaluate_loglikelihood (srlm.benchmarks readers and loglikelihood_requests,
-  TransformersEngine.logprobs); the prediction is the choice with the highest summed log-probability.
+  TransformersEngine.logprobs); its rows carry the acc choice (highest summed log-probability) and the
+  acc_norm choice (prediction_norm / correct_norm: summed log-probability per character of the choice).
 - harness: lm_eval.simple_evaluate with its "hf" model (HFLM) on tasks written into a temp dir. No hub is
-  needed: each task `include`s the installed harness's own YAML (arc/arc_challenge.yaml, and
-  mmlu/default/mmlu_<subject>.yaml with _default_template_yaml), so doc_to_text, doc_to_choice,
-  doc_to_target, target_delimiter and the MMLU description are the harness's, and only the data source is
-  replaced: ARC-Challenge reads the kit's JSONL with `dataset_path: json` + `data_files` (process_docs maps
-  the kit's AI2 layout {question: {stem, choices: [{text, label}]}} to the hub layout {question, choices:
-  {text, label}}); MMLU reads the kit's header-less CSVs with pandas (all cells as strings, no NA
-  conversion) through `custom_dataset`. The harness's choice is argmax of its per-choice log-likelihoods
-  (its "acc"; --log_samples gives them per question).
+  needed: each task `include`s the installed harness's own YAML (arc/arc_challenge.yaml,
+  hellaswag/hellaswag.yaml, and mmlu/default/mmlu_<subject>.yaml with _default_template_yaml), so
+  doc_to_text, doc_to_choice, doc_to_target, target_delimiter, the MMLU description and the metrics are the
+  harness's, and only the data source is replaced: ARC-Challenge reads the kit's JSONL with
+  `dataset_path: json` + `data_files` (process_docs maps the kit's AI2 layout {question: {stem, choices:
+  [{text, label}]}} to the hub layout {question, choices: {text, label}}); HellaSwag reads a JSONL of the
+  kit's (already preprocessed) items as {query, choices, label}, the fields the harness's process_docs
+  would make from the hub rows (so both sides get the kit's strings, which differ in details from the
+  harness's own preprocessing of the hub data: see the kit README); MMLU reads the kit's header-less CSVs
+  with pandas (all cells as strings, no NA conversion) through `custom_dataset`, and asks for acc_norm
+  too (the harness's MMLU template reports acc only; its choices are one letter, so acc_norm = acc).
+  The harness's acc choice is argmax of its per-choice log-likelihoods (--log_samples gives them per
+  question); its acc_norm verdict is the per-sample acc_norm it logs.
 
-Per question, the two argmax choices are compared; every disagreement is put into one class:
+Per question, the two acc choices are compared; every disagreement is put into one class:
   prompt-text   the (context, continuation) strings differ (data reading or formatting)
   tokens        the strings agree but the token ids of context or continuation differ
   max-length    the inputs agree but the sides use different context limits and one truncates
@@ -24,8 +32,8 @@ Per question, the two argmax choices are compared; every disagreement is put int
                 between the two implementations (float rounding from different batching / padding /
                 attention masks), so the argmax can flip
   unexplained   none of the above (a bug on one side)
-The script also prints the largest per-choice log-probability difference on identical inputs, and how
-often the harness's acc_norm choice differs from acc (the project reports acc, not acc_norm).
+and the two acc_norm verdicts (right or wrong) are compared. The script also prints the largest
+per-choice log-probability difference on identical inputs.
 """
 
 from __future__ import annotations
@@ -60,6 +68,11 @@ def arc_docs(dataset):
         }
 
     return dataset.map(convert, remove_columns=dataset.column_names)
+
+
+def hellaswag_docs(dataset):
+    """The JSONL rows already are what the harness's process_docs makes: query, choices, label."""
+    return dataset
 
 
 def mmlu_dataset(srlm_test_csv=None, srlm_dev_csv=None, srlm_subject=None, **_):
@@ -108,8 +121,9 @@ def with_bos_tokenizer(model_dir: Path, out: Path) -> Path:
     return out
 
 
-def write_tasks(task_dir: Path, kit: Path, subjects: list[str]) -> dict[str, str]:
-    """YAML tasks in task_dir; returns {harness task name: benchmark key ("arc_challenge" or "mmlu/<subject>")}."""
+def write_tasks(task_dir: Path, kit: Path, subjects: list[str], hellaswag: list) -> dict[str, str]:
+    """YAML tasks in task_dir; returns {harness task name: benchmark key ("arc_challenge", "hellaswag" or
+    "mmlu/<subject>")}. `hellaswag`: the kit's questions to write as the HellaSwag task's data."""
     import lm_eval
 
     tasks_root = Path(lm_eval.__file__).parent / "tasks"
@@ -129,6 +143,22 @@ def write_tasks(task_dir: Path, kit: Path, subjects: list[str]) -> dict[str, str
         "test_split: test\n"
         "process_docs: !function utils.arc_docs\n"
     )
+    if hellaswag:
+        docs = task_dir / "hellaswag.jsonl"
+        docs.write_text("".join(json.dumps({"query": x.question, "choices": list(x.choices), "label": x.gold_index}) + "\n"
+                                for x in hellaswag))
+        names["srlm_xcheck_hellaswag"] = "hellaswag"
+        (task_dir / "srlm_xcheck_hellaswag.yaml").write_text(
+            f"include: {q(str(tasks_root / 'hellaswag' / 'hellaswag.yaml'))}\n"
+            "task: srlm_xcheck_hellaswag\n"
+            "tag: srlm_xcheck\n"
+            "dataset_path: json\n"
+            "dataset_name: null\n"
+            "dataset_kwargs:\n"
+            f"  data_files: {{validation: {q(str(docs))}}}\n"
+            "training_split: null\n"
+            "process_docs: !function utils.hellaswag_docs\n"
+        )
     for subject in subjects:
         name = f"srlm_xcheck_mmlu_{subject}"
         names[name] = f"mmlu/{subject}"
@@ -143,6 +173,9 @@ def write_tasks(task_dir: Path, kit: Path, subjects: list[str]) -> dict[str, str
             f"  srlm_test_csv: {q(str(kit / 'eval' / 'mmlu' / 'test' / f'{subject}_test.csv'))}\n"
             f"  srlm_dev_csv: {q(str(kit / 'eval' / 'mmlu' / 'dev' / f'{subject}_dev.csv'))}\n"
             f"  srlm_subject: {q(subject)}\n"
+            "metric_list:\n"  # the template's acc, plus acc_norm to compare with the project's
+            "  - {metric: acc, aggregation: mean, higher_is_better: true}\n"
+            "  - {metric: acc_norm, aggregation: mean, higher_is_better: true}\n"
         )
     return names
 
@@ -153,6 +186,7 @@ def main() -> None:
     ap.add_argument("--bootstrap-seconds", type=float, default=60.0, help="budget when a model must be built")
     ap.add_argument("--kit", help="offline data kit folder (default: srlm.kit.find_data_kit)")
     ap.add_argument("--arc-limit", type=int, default=200, help="first N ARC-Challenge test questions")
+    ap.add_argument("--hellaswag-limit", type=int, default=200, help="first N HellaSwag questions (0: none)")
     ap.add_argument("--mmlu-subjects", nargs="*", default=list(DEFAULT_MMLU_SUBJECTS))
     ap.add_argument("--mmlu-limit", type=int, default=25, help="first N test questions per MMLU subject")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -177,47 +211,44 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, tmp: Path) -> None:
-    import lm_eval
-    import torch
+def read_questions(args: argparse.Namespace, kit: Path) -> dict[str, list]:
+    """Benchmark key -> the questions both sides score, in file order."""
+    from srlm.benchmarks import read_benchmark
+
+    questions = {"arc_challenge": read_benchmark("arc_challenge", kit)[: args.arc_limit]}
+    if args.hellaswag_limit:
+        questions["hellaswag"] = read_benchmark("hellaswag", kit)[: args.hellaswag_limit]
+    mmlu_all = read_benchmark("mmlu", kit) if args.mmlu_subjects else []
+    for subject in args.mmlu_subjects:
+        questions[f"mmlu/{subject}"] = [q for q in mmlu_all if q.subset == subject][: args.mmlu_limit]
+    return questions
+
+
+def project_side(args: argparse.Namespace, model_dir: Path, questions: dict[str, list]):
+    """(engine, question_id -> evaluation row) from srlm.evaluation.evaluate_loglikelihood."""
+    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from srlm.evaluation import evaluate_loglikelihood
+
+    t0 = time.perf_counter()
+    engine = TransformersEngine(model_dir, TransformersEngineConfig(device="cpu", dtype="float32", batch_size=args.batch_size))
+    rows = {}
+    for qs in questions.values():
+        for q, row in zip(qs, evaluate_loglikelihood(qs, engine, None)):
+            rows[q.question_id] = row
+    print(f"project: {len(rows)} questions scored in {time.perf_counter() - t0:.0f} s", flush=True)
+    return engine, rows
+
+
+def harness_side(args: argparse.Namespace, model_dir: Path, kit: Path, questions: dict[str, list], tmp: Path):
+    """(HFLM, question_id -> the harness's logged sample) from lm_eval.simple_evaluate."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from srlm.benchmarks import loglikelihood_requests, read_benchmark
-    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig, encode_pair
-    from srlm.evaluation import evaluate_loglikelihood
-    from srlm.kit import find_data_kit
-
-    kit = find_data_kit(args.kit)
-    model_dir = find_model(args.model)
-    if model_dir is None:
-        model_dir = build_bootstrap_model(tmp / "model", args.bootstrap_seconds)
-    if args.add_bos:
-        model_dir = with_bos_tokenizer(model_dir, tmp / "model-bos")
-    print(f"model: {model_dir.name}: {describe_model(model_dir)}; lm-eval {lm_eval.__version__}, torch {torch.__version__}")
-
-    # ------------------------------------------------------------------ questions (the same on both sides)
-    questions = {}  # benchmark key -> list of Question, in file order
-    questions["arc_challenge"] = read_benchmark("arc_challenge", kit)[: args.arc_limit]
-    mmlu_all = read_benchmark("mmlu", kit) if args.mmlu_subjects else []
-    for subject in args.mmlu_subjects:
-        questions[f"mmlu/{subject}"] = [q for q in mmlu_all if q.subset == subject][: args.mmlu_limit]
-
-    # ------------------------------------------------------------------ project side
-    t0 = time.perf_counter()
-    engine = TransformersEngine(model_dir, TransformersEngineConfig(device="cpu", dtype="float32", batch_size=args.batch_size))
-    project = {}  # question_id -> (choice index, per-choice totals)
-    for key, qs in questions.items():
-        for q, row in zip(qs, evaluate_loglikelihood(qs, engine, None)):
-            project[q.question_id] = (q.labels.index(row["prediction"]), row["choice_logprobs"])
-    print(f"project: {len(project)} questions scored in {time.perf_counter() - t0:.0f} s")
-
-    # ------------------------------------------------------------------ harness side
     t0 = time.perf_counter()
     task_dir = tmp / "tasks"
     task_dir.mkdir()
-    task_names = write_tasks(task_dir, kit, list(args.mmlu_subjects))
+    task_names = write_tasks(task_dir, kit, list(args.mmlu_subjects), questions.get("hellaswag", []))
     lm = HFLM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=args.batch_size)
     samples = {name: list(range(len(questions[key]))) for name, key in task_names.items()}
     results = simple_evaluate(
@@ -231,112 +262,129 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         numpy_random_seed=0,
         torch_random_seed=0,
     )
-    print(f"harness: {sum(len(v) for v in samples.values())} questions scored in {time.perf_counter() - t0:.0f} s")
-
-    # ------------------------------------------------------------------ compare, question by question
-    harness_id = {}
+    print(f"harness: {sum(len(v) for v in samples.values())} questions scored in {time.perf_counter() - t0:.0f} s", flush=True)
+    by_id = {}
     for name, key in task_names.items():
         for s in results["samples"][name]:
-            if key == "arc_challenge":
-                qid = f"arc_challenge/{s['doc']['id']}"
-            else:
-                qid = f"{key}/{s['doc_id']}"
-            harness_id[qid] = s
+            qid = f"arc_challenge/{s['doc']['id']}" if key == "arc_challenge" else f"{key}/{s['doc_id']}"
+            by_id[qid] = s
+    return lm, by_id
 
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
+    import lm_eval
+    import torch
+
+    from srlm.kit import find_data_kit
+
+    kit = find_data_kit(args.kit)
+    model_dir = find_model(args.model)
+    if model_dir is None:
+        model_dir = build_bootstrap_model(tmp / "model", args.bootstrap_seconds)
+    if args.add_bos:
+        model_dir = with_bos_tokenizer(model_dir, tmp / "model-bos")
+    print(f"model: {model_dir.name}: {describe_model(model_dir)}; lm-eval {lm_eval.__version__}, torch {torch.__version__}")
+    questions = read_questions(args, kit)
+    engine, project = project_side(args, model_dir, questions)
+    lm, harness = harness_side(args, model_dir, kit, questions, tmp)
+    report(args, questions, engine, project, lm, harness)
+
+
+def disagreement(q, row: dict, sample: dict, engine, lm, h_ll: list[float]) -> tuple[str, str]:
+    """The class of an acc disagreement (see the module docstring) and a line of detail."""
+    from srlm.benchmarks import loglikelihood_requests
+    from srlm.engines.transformers_engine import encode_pair
+
+    p_args = loglikelihood_requests(q)
+    h_args = [tuple(a) for a in sample["arguments"]]
+    if [tuple(a) for a in p_args] != h_args:
+        first = next(i for i, (a, b) in enumerate(zip(p_args, h_args)) if tuple(a) != tuple(b))
+        return "prompt-text", f"project {p_args[first]!r} vs harness {h_args[first]!r}"
+    p_tok = [encode_pair(engine.tokenizer, c, t) for c, t in p_args]
+    h_tok = [lm._encode_pair(c, t) for c, t in h_args]
+    if any(tuple(a) != tuple(b) for a, b in zip(p_tok, h_tok)):
+        first = next(i for i, (a, b) in enumerate(zip(p_tok, h_tok)) if tuple(a) != tuple(b))
+        part = 0 if p_tok[first][0] != h_tok[first][0] else 1
+        return "tokens", (
+            f"choice {first} {'context' if part == 0 else 'continuation'}: project {p_tok[first][part][:6]}... "
+            f"({len(p_tok[first][part])} tokens) vs harness {h_tok[first][part][:6]}... ({len(h_tok[first][part])} tokens)"
+        )
+    longest = max(len(c) + len(t) for c, t in p_tok)
+    truncated = longest > min(engine.max_length, lm.max_length) + 1
+    if truncated and engine.max_length != lm.max_length:
+        return "max-length", f"{longest} tokens; limits project {engine.max_length}, harness {lm.max_length}"
+    p_ll = row["choice_logprobs"]
+    diffs = [abs(a - b) for a, b in zip(p_ll, h_ll)]
+    gap_p, gap_h = (sorted(x)[-1] - sorted(x)[-2] for x in (p_ll, h_ll))
+    cls = "near-tie" if max(gap_p, gap_h) <= 2 * max(diffs) + 1e-6 else "unexplained"
+    return cls, (
+        f"top-2 gap project {gap_p:.2e} / harness {gap_h:.2e}; max per-choice |diff| {max(diffs):.2e}"
+        f"{'; truncated' if truncated else ''}"
+    )
+
+
+def identical_inputs(q, sample: dict, engine, lm) -> bool:
+    """Both sides score the same token ids (same strings, same context/continuation split)."""
+    from srlm.benchmarks import loglikelihood_requests
+    from srlm.engines.transformers_engine import encode_pair
+
+    pairs = loglikelihood_requests(q)
+    if [tuple(a) for a in pairs] != [tuple(a) for a in sample["arguments"]]:
+        return False
+    return all(tuple(encode_pair(engine.tokenizer, c, t)) == tuple(lm._encode_pair(c, t)) for c, t in pairs)
+
+
+def report(args, questions: dict[str, list], engine, project: dict, lm, harness: dict) -> None:
+    """Per benchmark: acc agreement (choices) with disagreement classes, acc_norm agreement (verdicts), accuracies."""
     classes: Counter = Counter()
     examples: dict[str, list[str]] = {}
     per_bench: dict[str, Counter] = {}
     max_diff_identical = 0.0
-    norm_flips = 0
-    max_len_project, max_len_harness = engine.max_length, lm.max_length
     for key, qs in questions.items():
-        bench = "arc_challenge" if key == "arc_challenge" else "mmlu"
-        stats = per_bench.setdefault(bench, Counter())
+        stats = per_bench.setdefault(key.split("/")[0], Counter())
         for q in qs:
-            s = harness_id.get(q.question_id)
-            if s is None:
+            sample = harness.get(q.question_id)
+            if sample is None:
                 classes["missing in harness output"] += 1
                 continue
-            h_ll = [float(r[0]) for r in s["filtered_resps"]]
+            row = project[q.question_id]
+            h_ll = [float(r[0]) for r in sample["filtered_resps"]]
             h_pred = max(range(len(h_ll)), key=h_ll.__getitem__)  # np.argmax: first index wins ties
-            p_pred, p_ll = project[q.question_id]
+            p_pred = q.labels.index(row["prediction"])
             stats["questions"] += 1
-            stats["project correct"] += p_pred == q.gold_index
-            stats["harness correct (acc)"] += h_pred == q.gold_index
-            if s.get("acc_norm") is not None:  # ARC reports acc and acc_norm; the MMLU template only acc
-                stats["with acc_norm"] += 1
-                stats["harness acc_norm"] += float(s["acc_norm"])
-                norm_flips += (float(s["acc_norm"]) == 1.0) != (h_pred == q.gold_index)
-
-            p_args = loglikelihood_requests(q)
-            h_args = [tuple(a) for a in s["arguments"]]
-            same_text = [tuple(a) for a in p_args] == [(c, t) for c, t in h_args]
-            p_tok = [encode_pair(engine.tokenizer, c, t) for c, t in p_args]
-            h_tok = [lm._encode_pair(c, t) for c, t in h_args]
-            same_tokens = same_text and all(a == b for a, b in zip(p_tok, h_tok))
-            longest = max(len(c) + len(t) for c, t in p_tok)
-            truncated = longest > min(max_len_project, max_len_harness) + 1
-            diffs = [abs(a - b) for a, b in zip(p_ll, h_ll)] if len(p_ll) == len(h_ll) else [float("inf")]
-            if same_tokens:
-                max_diff_identical = max(max_diff_identical, max(diffs))
+            stats["project acc"] += row["correct"]
+            stats["harness acc"] += h_pred == q.gold_index
+            stats["project acc_norm"] += row["correct_norm"]
+            stats["harness acc_norm"] += float(sample["acc_norm"])
+            stats["acc_norm agree"] += row["correct_norm"] == (float(sample["acc_norm"]) == 1.0)
+            if identical_inputs(q, sample, engine, lm):
                 stats["identical inputs"] += 1
-            stats["truncated (both sides)"] += truncated
+                diffs = [abs(a - b) for a, b in zip(row["choice_logprobs"], h_ll)]
+                max_diff_identical = max(max_diff_identical, *diffs)
             if p_pred == h_pred:
-                stats["agree"] += 1
+                stats["acc agree"] += 1
                 continue
-            if not same_text:
-                cls = "prompt-text"
-                first = next(i for i, (a, b) in enumerate(zip(p_args, h_args)) if tuple(a) != tuple(b))
-                detail = f"project {p_args[first]!r} vs harness {h_args[first]!r}"
-            elif not same_tokens:
-                cls = "tokens"
-                first = next(i for i, (a, b) in enumerate(zip(p_tok, h_tok)) if a != b)
-                part = 0 if p_tok[first][0] != h_tok[first][0] else 1
-                detail = (
-                    f"choice {first} {'context' if part == 0 else 'continuation'}: project "
-                    f"{p_tok[first][part][:6]}... ({len(p_tok[first][part])} tokens) vs harness "
-                    f"{h_tok[first][part][:6]}... ({len(h_tok[first][part])} tokens)"
-                )
-            elif truncated and max_len_project != max_len_harness:
-                cls = "max-length"
-                detail = f"{longest} tokens; limits project {max_len_project}, harness {max_len_harness}"
-            else:
-                gap_p = sorted(p_ll)[-1] - sorted(p_ll)[-2]
-                gap_h = sorted(h_ll)[-1] - sorted(h_ll)[-2]
-                if max(gap_p, gap_h) <= 2 * max(diffs) + 1e-6:
-                    cls = "near-tie"
-                else:
-                    cls = "unexplained"
-                detail = (
-                    f"top-2 gap project {gap_p:.2e} / harness {gap_h:.2e}; max per-choice |diff| {max(diffs):.2e}"
-                    f"{'; truncated' if truncated else ''}"
-                )
+            cls, detail = disagreement(q, row, sample, engine, lm, h_ll)
             classes[cls] += 1
-            stats[f"disagree: {cls}"] += 1
-            examples.setdefault(cls, []).append(
-                f"{q.question_id}: project {q.labels[p_pred]} harness {q.labels[h_pred]} ({detail})"
-            )
+            examples.setdefault(cls, []).append(f"{q.question_id}: project {q.labels[p_pred]} harness {q.labels[h_pred]} ({detail})")
 
     print("\nRESULT lm_eval_crosscheck")
-    print(f"  context limit: project {max_len_project} tokens, harness {max_len_harness} tokens")
-    total = Counter()
+    print(f"  context limit: project {engine.max_length} tokens, harness {lm.max_length} tokens")
+    total: Counter = Counter()
     for bench, st in per_bench.items():
         total.update(st)
         n = st["questions"]
-        norm = f", harness acc_norm {st['harness acc_norm'] / st['with acc_norm']:.3f}" if st["with acc_norm"] else ""
         print(
-            f"  {bench}: {n} questions; agreement {st['agree']}/{n} = {st['agree'] / n:.1%}; "
-            f"identical inputs {st['identical inputs']}/{n}; truncated {st['truncated (both sides)']}; "
-            f"accuracy project {st['project correct'] / n:.3f}, harness acc {st['harness correct (acc)'] / n:.3f}{norm}"
+            f"  {bench}: {n} questions; acc agreement {st['acc agree']}/{n} = {st['acc agree'] / n:.1%}, acc_norm "
+            f"agreement {st['acc_norm agree']}/{n} = {st['acc_norm agree'] / n:.1%}; "
+            f"identical inputs {st['identical inputs']}/{n}; acc project {st['project acc'] / n:.3f} / harness "
+            f"{st['harness acc'] / n:.3f}; acc_norm project {st['project acc_norm'] / n:.3f} / harness {st['harness acc_norm'] / n:.3f}"
         )
     n = total["questions"]
-    print(f"  all: agreement {total['agree']}/{n} = {total['agree'] / n:.1%}")
+    print(f"  all: acc agreement {total['acc agree']}/{n} = {total['acc agree'] / n:.1%}, "
+          f"acc_norm agreement {total['acc_norm agree']}/{n} = {total['acc_norm agree'] / n:.1%}")
     print(f"  largest per-choice |log p difference| on identical inputs: {max_diff_identical:.2e}")
-    print(
-        f"  questions where the harness's acc_norm is right/wrong differently from acc: {norm_flips}/"
-        f"{total['with acc_norm']} (acc_norm divides by the choice's length in characters; the project reports acc)"
-    )
-    print("  disagreement classes:")
+    print("  acc disagreement classes:")
     if not classes:
         print("    none")
     explain = {
@@ -352,6 +400,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         print(f"    {cls}: {count}  -- {explain.get(cls, '')}")
         for line in examples.get(cls, [])[: args.show]:
             print(f"      {line}")
+
 
 
 if __name__ == "__main__":

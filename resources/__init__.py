@@ -10,10 +10,10 @@ from resources.warehouse import ParquetIOManager, WarehouseResource
 
 
 def build_resources(config: ExperimentConfig) -> dict[str, object]:
-    home = str(config.home)
+    place = {"home": str(config.home), "storage_root": config.paths.storage, "storage_options": config.paths.storage_options}
     return {
-        "io_manager": ParquetIOManager(home=home),
-        "warehouse": WarehouseResource(home=home),
+        "io_manager": ParquetIOManager(**place),
+        "warehouse": WarehouseResource(**place),
         "generation": GenerationResource(
             backend=config.generation.backend,
             device=config.model.device,
@@ -23,6 +23,11 @@ def build_resources(config: ExperimentConfig) -> dict[str, object]:
             gpu_memory_utilization=config.generation.gpu_memory_utilization,
             tensor_parallel_size=config.generation.tensor_parallel_size,
             max_lora_rank=max(config.train.lora.r, 8),
+            executor=config.executor.kind,
+            ray_address=config.executor.address,
+            ray_num_cpus=config.executor.num_cpus,
+            ray_actors=config.executor.actors,
+            ray_cpus_per_actor=config.executor.cpus_per_actor,
         ),
         "training": TrainingResource(device=config.model.device, dtype=config.model.dtype),
     }

@@ -1,11 +1,16 @@
 """Generation resource: hands out model engines (transformers | vllm | openai-compatible), one per model
-per process, so the in-process executor loads each model once per run."""
+per process, so the in-process executor loads each model once per run; and the runners that generate and
+score for the assets: that engine itself (executor `local`), or an engine whose every call is a Ray Data
+job (executor `ray`, srlm/distributed.py)."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, Optional
 
 import dagster as dg
+
+from srlm.checkpoints import local_checkpoint
+from srlm.storage import Storage
 
 
 class GenerationResource(dg.ConfigurableResource):
@@ -20,6 +25,11 @@ class GenerationResource(dg.ConfigurableResource):
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
     max_lora_rank: int = 64
+    executor: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = None
+    ray_num_cpus: Optional[int] = None
+    ray_actors: int = 1
+    ray_cpus_per_actor: Optional[int] = None
 
     _engines: ClassVar[dict[tuple, Any]] = {}
 
@@ -32,26 +42,58 @@ class GenerationResource(dg.ConfigurableResource):
 
     def _build(self, model_path: str) -> Any:
         if self.backend == "vllm":
-            from srlm.engines.vllm_engine import VLLMEngine, VLLMEngineConfig
+            from srlm.engines.vllm_engine import VLLMEngine
 
-            return VLLMEngine(
-                model_path,
-                VLLMEngineConfig(
-                    dtype=self.dtype,
-                    gpu_memory_utilization=self.gpu_memory_utilization,
-                    tensor_parallel_size=self.tensor_parallel_size,
-                    max_lora_rank=self.max_lora_rank,
-                    trust_remote_code=self.trust_remote_code,
-                ),
+            return VLLMEngine(model_path, self._engine_config())
+        from srlm.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine(model_path, self._engine_config())
+
+    def _engine_config(self) -> Any:
+        """The backend's engine settings (a VLLMEngineConfig or a TransformersEngineConfig)."""
+        if self.backend == "vllm":
+            from srlm.engines.vllm_engine import VLLMEngineConfig
+
+            return VLLMEngineConfig(
+                dtype=self.dtype,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                tensor_parallel_size=self.tensor_parallel_size,
+                max_lora_rank=self.max_lora_rank,
+                trust_remote_code=self.trust_remote_code,
             )
-        from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+        from srlm.engines.transformers_engine import TransformersEngineConfig
 
-        return TransformersEngine(
-            model_path,
-            TransformersEngineConfig(
-                device=self.device, dtype=self.dtype, batch_size=self.batch_size, trust_remote_code=self.trust_remote_code
-            ),
+        return TransformersEngineConfig(
+            device=self.device, dtype=self.dtype, batch_size=self.batch_size, trust_remote_code=self.trust_remote_code
         )
+
+    # ------------------------------------------------------------------------------------------ runners
+
+    def runner(self, model_path: str, storage: Storage, output: str) -> Any:
+        """What generates and scores for an asset (the engine interface): the local engine, or with the ray
+        executor an engine whose every call is a Ray Data job writing its rows under `output` on `storage`
+        (a rerun skips the rows already there)."""
+        if self.executor == "local":
+            return self.engine(model_path)
+        from srlm.distributed import RayEngine, RaySettings
+
+        settings = RaySettings(self.ray_address, self.ray_num_cpus, self.ray_actors, self.ray_cpus_per_actor)
+        return RayEngine(model_path, self.backend, self._engine_config(), settings, storage, output, self.batch_size)
+
+    def adapter(self, path: str, storage: Storage, home: str) -> str:
+        """The adapter path a runner takes for a committed checkpoint: a local folder for the local engines
+        (fetched into the home's cache from an object store); the stored path itself for Ray, whose actors
+        fetch it on their own nodes."""
+        return path if self.executor == "ray" else local_checkpoint(path, storage, home)
+
+    def job_metadata(self, runner: Any) -> dict[str, Any]:
+        """The Ray jobs a runner ran, for the materialization (nothing for a local engine)."""
+        from srlm.distributed import job_metadata
+
+        meta = job_metadata(runner)
+        if "ray/output" in meta:
+            meta["ray/output"] = dg.MetadataValue.path(meta["ray/output"])
+        return meta
 
     def teacher(self, backend: str, model: str, base_url: Optional[str] = None, api_key_env: Optional[str] = None) -> Any:
         """A teacher engine: an OpenAI-compatible endpoint, or a local model directory."""

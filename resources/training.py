@@ -1,4 +1,4 @@
-"""Training resource: LoRA fine-tuning with peft on the configured device."""
+"""Training resource: LoRA fine-tuning with peft and accelerate on the configured device(s)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from srlm.config import Train
 
 
 class TrainingResource(dg.ConfigurableResource):
+    """Trains with the experiment's `train` section; where (device, dtype) comes from `model`."""
+
     device: str = "auto"
     dtype: str = "auto"
 
@@ -22,8 +24,12 @@ class TrainingResource(dg.ConfigurableResource):
         seed: int,
         init_adapter: Optional[str] = None,
         log: Optional[Callable[[str], None]] = None,
+        logging_dir: Optional[str] = None,
     ):
-        """Train a LoRA adapter on (prompt, completion) pairs; returns srlm.training.TrainReport."""
+        """Train a LoRA adapter on (prompt, completion) pairs; returns srlm.training.TrainReport.
+
+        logging_dir: this run's TensorBoard folder; None: runs/<out_dir name> beside out_dir.
+        """
         from srlm.training import LoraSettings, TrainSettings, train_lora
 
         lora = LoraSettings(**settings.lora.model_dump())
@@ -37,5 +43,10 @@ class TrainingResource(dg.ConfigurableResource):
             seed=seed,
             device=self.device,
             dtype=self.dtype,
+            processes=settings.processes,
+            fsdp=settings.fsdp,
+            gradient_checkpointing=settings.gradient_checkpointing,
+            report_to=list(settings.report_to),
+            logging_dir=logging_dir,
         )
         return train_lora(base_model, examples, out_dir, lora, train_settings, init_adapter=init_adapter, log=log)

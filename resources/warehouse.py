@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import dagster as dg
 import polars as pl
 import pyarrow as pa
+from pydantic import PrivateAttr
 
+from srlm.run_lock import RunLock, acquire, held_by_this_process
+from srlm.storage import Storage, StoredFile
 from srlm.warehouse import list_tables, refresh_catalog, table_path, write_parquet_atomic
 
 PREVIEW_ROWS = 5
@@ -44,34 +47,73 @@ def markdown_preview(table: pa.Table, rows: int = PREVIEW_ROWS) -> str:
     return "\n".join([header, rule, *body, *more])
 
 
-class WarehouseResource(dg.ConfigurableResource):
-    """Where tables live (SRLM_HOME) and how assets read one another's tables."""
+class _Located:
+    """The storage of a resource with the fields home, storage_root and storage_options."""
+
+    @property
+    def storage(self) -> Storage:
+        return Storage(self.storage_root or self.home, self.storage_options)
+
+
+class WarehouseResource(dg.ConfigurableResource, _Located):
+    """Where tables live (the storage: SRLM_HOME unless paths.storage) and how assets read one another's tables."""
 
     home: str
+    storage_root: Optional[str] = None  # paths.storage: a local folder or a URI; None = the home
+    storage_options: dict[str, Any] = {}
 
-    def path(self, key: Sequence[str]) -> Path:
-        return table_path(self.home, list(key))
+    def path(self, key: Sequence[str]) -> Path | str:
+        return table_path(self.storage, list(key))
 
-    def read(self, key: Sequence[str]) -> pl.DataFrame:
+    def exists(self, key: Sequence[str]) -> bool:
+        return self.storage.is_file(self.path(key))
+
+    def stamp(self, key: Sequence[str]) -> str:
+        """Changes whenever the table is rewritten."""
+        return self.storage.stamp(self.path(key))
+
+    def source(self, key: Sequence[str]) -> StoredFile:
+        """The table's file for a DuckDB query (srlm/sqlfiles.py), read where it lies."""
+        return self.storage.file(self.path(key))
+
+    def read(self, key: Sequence[str], columns: list[str] | None = None) -> pl.DataFrame:
         path = self.path(key)
-        if not path.is_file():
+        if not self.storage.is_file(path):
             raise FileNotFoundError(f"table {'/'.join(key)} is not materialized yet (no {path})")
-        return pl.read_parquet(path)
+        return pl.from_arrow(self.storage.read_parquet(path, columns))
 
-    def tables(self) -> dict[str, Path]:
-        return list_tables(self.home)
+    def tables(self) -> dict[str, Path | str]:
+        return list_tables(self.storage)
 
 
-class ParquetIOManager(dg.ConfigurableIOManager):
-    """Writes each table asset to tables/<schema>/<name>.parquet atomically, refreshes the DuckDB catalog,
-    and attaches the standard table metadata (row count, column schema, preview, path)."""
+class ParquetIOManager(dg.ConfigurableIOManager, _Located):
+    """Writes each table asset to <storage>/tables/<schema>/<name>.parquet atomically, refreshes the DuckDB
+    catalog in the home, and attaches the standard table metadata (row count, column schema, preview, path).
+
+    Every run goes through it, so it also takes the home's run lock (srlm/run_lock.py) before the first step:
+    a run launched from the UI while another is active fails at once, naming the active run."""
 
     home: str
+    storage_root: Optional[str] = None  # paths.storage: a local folder or a URI; None = the home
+    storage_options: dict[str, Any] = {}
+    _lock: Optional[RunLock] = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        folder = context.instance.root_directory if context.instance is not None else None
+        if folder and not held_by_this_process(folder):  # `srlm run` holds it already for its runs
+            self._lock = acquire(folder, f"Dagster run {context.run_id}")
+            self._lock.note(run_id=context.run_id)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         table = _as_arrow(obj)
-        path = write_parquet_atomic(table, table_path(self.home, context.asset_key.path))
-        refresh_catalog(self.home)
+        storage = self.storage
+        path = write_parquet_atomic(table, table_path(storage, context.asset_key.path), storage)
+        refresh_catalog(self.home, storage)
         context.add_output_metadata(
             {
                 "dagster/row_count": table.num_rows,
@@ -83,7 +125,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
-        path = table_path(self.home, context.asset_key.path)
-        if not path.is_file():
+        storage = self.storage
+        path = table_path(storage, context.asset_key.path)
+        if not storage.is_file(path):
             raise FileNotFoundError(f"upstream table {context.asset_key.to_user_string()} is missing: {path}")
-        return pl.read_parquet(path)
+        return pl.from_arrow(storage.read_parquet(path))

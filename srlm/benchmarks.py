@@ -19,7 +19,9 @@ Protocols:
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
+import io
 import json
 import random
 import re
@@ -77,14 +79,22 @@ def read_benchmark(name: str, kit_dir: Path, split: str = "test") -> list[Questi
       everyone reports (lm-evaluation-harness included).
     - bbh: `bbh/*.json`, tasks in sorted order (the `cot-prompts/` folder is not read)
 
-    Raises ValueError for an unknown benchmark or split, FileNotFoundError for a missing file and
-    BenchmarkFormatError for a malformed one.
+    Text is UTF-8 (a leading byte-order mark is skipped). Raises ValueError for an unknown benchmark or
+    split, FileNotFoundError for a missing file and BenchmarkFormatError for a malformed one, or for
+    files that hold no questions.
     """
     if name not in _SPLITS:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     if split not in _SPLITS[name]:
         raise ValueError(f"{name} has no split {split!r}; available: {', '.join(_SPLITS[name])}")
     eval_dir = Path(kit_dir) / "eval"
+    questions = _read(name, eval_dir, split)
+    if not questions:
+        raise BenchmarkFormatError(f"{eval_dir / name}: {name} ({split}) holds no questions: its files are empty")
+    return questions
+
+
+def _read(name: str, eval_dir: Path, split: str) -> list[Question]:
     prefix = name if split == "test" else f"{name}/{split}"
     if name == "gsm8k":
         return _read_gsm8k(_existing(eval_dir / "gsm8k" / f"{split}.jsonl"), prefix)
@@ -103,19 +113,36 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def _decode(data: bytes, path: Path) -> str:
+    """UTF-8 text without a leading byte-order mark; an undecodable byte raises naming its line."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise BenchmarkFormatError(f"{path}, line {line}: not UTF-8 text ({e.reason})") from None
+
+
+def _json(text: str, where: str) -> object:
+    """json.loads; errors name `where` (the file and line the text starts at)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BenchmarkFormatError(f"{where}: invalid JSON ({e.msg})") from e
+    except RecursionError:
+        raise BenchmarkFormatError(f"{where}: invalid JSON (nested too deeply to read)") from None
+
+
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(0-based line index, object) for every non-blank line."""
-    with path.open(encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkFormatError(f"{path}, line {index + 1}: invalid JSON ({e.msg})") from e
-            if not isinstance(obj, dict):
-                raise BenchmarkFormatError(f"{path}, line {index + 1}: expected a JSON object")
-            yield index, obj
+    """(0-based line index, object) for every non-blank line (lines end in LF, CRLF or CR)."""
+    for index, line in enumerate(io.StringIO(_decode(path.read_bytes(), path), newline=None)):
+        if not line.strip():
+            continue
+        obj = _json(line, f"{path}, line {index + 1}")
+        if not isinstance(obj, dict):
+            raise BenchmarkFormatError(f"{path}, line {index + 1}: expected a JSON object")
+        yield index, obj
 
 
 def _str_field(obj: dict, key: str, where: str) -> str:
@@ -178,7 +205,7 @@ def _read_mmlu(folder: Path, split: str, prefix: str) -> list[Question]:
     for path in files:
         subject = path.name[: -len(suffix)]
         # newline="" lets csv handle quoted multi-line fields and the files' CRLF line endings
-        with path.open(encoding="utf-8", newline="") as f:
+        with io.StringIO(_decode(path.read_bytes(), path), newline="") as f:
             reader = csv.reader(f)
             start_line = 1
             for row_index, row in enumerate(reader):
@@ -210,10 +237,11 @@ def _read_mmlu(folder: Path, split: str, prefix: str) -> list[Question]:
 
 def _read_hellaswag(path: Path, prefix: str) -> list[Question]:
     try:
-        with bz2.open(path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+        with bz2.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
         raise BenchmarkFormatError(f"{path}: cannot read the bzip2 text ({e})") from e
+    lines = _decode(data, path).split("\n")
     if lines and lines[-1] == "":  # the file ends with a newline
         lines.pop()
     n = _HELLASWAG_LINES_PER_ITEM
@@ -243,10 +271,13 @@ def _read_bbh(folder: Path, prefix: str) -> list[Question]:
     questions = []
     for path in files:
         task = path.stem
+        text = _decode(path.read_bytes(), path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise BenchmarkFormatError(f"{path}, line {e.lineno}: invalid JSON ({e.msg})") from e
+        except RecursionError:
+            raise BenchmarkFormatError(f"{path}: invalid JSON (nested too deeply to read)") from None
         examples = data.get("examples") if isinstance(data, dict) else None
         if not isinstance(examples, list):
             raise BenchmarkFormatError(f'{path}: expected an object with an "examples" list')

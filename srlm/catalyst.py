@@ -2,8 +2,8 @@
 enriched one, from three sources (DESIGN.md 2.1).
 
 - derived: rows that pair a short answer with a worked solution (GSM8K train): r0 = the bare final
-  answer, r* = the worked solution, one step per line, each marked "[decomposition]" (the one skill a
-  worked solution demonstrates; no text is invented).
+  answer, r* = the worked solution, one step per line, each marked with a skill by its place (see
+  `steps_as_rationale`; no text is invented).
 - file:    a user's catalyst file (columns mapped in the config).
 - teacher: a teacher model writes r* from (x, r0, y) with the eight-skill prompt (srlm.prompts).
 
@@ -13,15 +13,12 @@ Every source yields CatalystRecords plus Rejected rows with reasons; r* must be 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from srlm.config import FileCatalyst
-from srlm.datasets import Example, Intake, Rejected, read_file_rows, stable_id, text_field
-from srlm.prompts import SKILLS, strip_think
-
-_SKILL_MARK = re.compile(r"\[(" + "|".join(re.escape(s) for s in SKILLS) + r")\]", re.IGNORECASE)
+from srlm.config import Catalyst, FileCatalyst
+from srlm.datasets import Example, Intake, Rejected, read_file_rows, source_name, stable_id, text_field
+from srlm.prompts import skills_used, strip_think
 
 
 @dataclass(frozen=True)
@@ -47,19 +44,16 @@ class CatalystResult:
         return self.intake.counts(len(self.records), self.rejected)
 
 
-def skills_used(rationale: str) -> str:
-    seen: list[str] = []
-    for match in _SKILL_MARK.finditer(rationale):
-        skill = match.group(1).lower()
-        if skill not in seen:
-            seen.append(skill)
-    return ",".join(seen)
-
-
 def steps_as_rationale(steps: str) -> str:
-    """A worked solution as explicit steps: one non-empty line per step, marked with its skill."""
+    """A worked solution in the enriching format: one step per non-empty line, each marked with a skill by its
+    place, and no word added: the first of several steps opens the decomposition of the problem
+    ([decomposition]), the steps between work out one quantity each ([detail]), the last reaches the answer
+    ([summary]); a one-line solution is a single [detail]."""
     lines = [line.strip() for line in steps.splitlines() if line.strip()]
-    return "\n".join(f"[decomposition] {line}" for line in lines)
+    if len(lines) == 1:
+        return f"[detail] {lines[0]}"
+    skills = ["decomposition"] + ["detail"] * (len(lines) - 2) + ["summary"]
+    return "\n".join(f"[{skill}] {line}" for skill, line in zip(skills, lines))
 
 
 def _record(ex: Example, source: str, short: str, enriched: str) -> CatalystRecord:
@@ -108,6 +102,13 @@ def teach(
         else:
             records.append(record)
     return records, rejected
+
+
+def catalyst_files(spec: Catalyst) -> dict[str, str]:
+    """The file behind each source name a catalyst's records and rejected rows carry."""
+    if spec.source == "file":
+        return {"file": spec.file.path}
+    return {source_name(spec.pool): spec.pool.path, spec.source: spec.pool.path}
 
 
 def read_catalyst_file(spec: FileCatalyst, size: int, seed: int) -> CatalystResult:

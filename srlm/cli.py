@@ -1,6 +1,7 @@
 """The `srlm` command: run the experiment, open the UI, query the warehouse.
 
-    srlm run [--config FILE] [--select SELECTION]   materialize the experiment into $SRLM_HOME/dagster
+    srlm run [--config FILE] [--select SELECTION] [--force]
+                                                    materialize what is missing or stale into $SRLM_HOME
     srlm ui  [--config FILE] [--host H] [--port P]  the Dagster UI (127.0.0.1 unless told otherwise)
     srlm sql "QUERY" [--format table|csv|json]      read-only SQL on $SRLM_HOME/warehouse.duckdb
 """
@@ -51,6 +52,69 @@ def prepare_environment(config_path: str | None) -> ExperimentConfig:
     return cfg
 
 
+def whole_multi_assets(graph, keys) -> tuple[list, list]:
+    """The asset keys of `keys` plus every other output of a multi-asset they belong to (the data assets
+    write a table and its rejected rows in one step, which Dagster cannot split): (all, the added ones)."""
+    whole = set(keys).union(*(graph.get(k).execution_set_asset_keys for k in keys))
+    return sorted(whole), sorted(whole - set(keys))
+
+
+def _resolve_selection(graph, text: str | None) -> tuple[list, str | None]:
+    """The asset keys `--select` names (all materializable assets without it), or (_, an error message)."""
+    import dagster as dg
+
+    if not text:
+        return sorted(graph.materializable_asset_keys), None
+    try:
+        chosen = dg.AssetSelection.from_string(text).resolve(graph)
+    except dg.DagsterError as exc:
+        return [], f"--select '{text}': {exc}"
+    if not chosen:
+        return [], f"--select '{text}' matches no asset"
+    selection, added = whole_multi_assets(graph, chosen)
+    if added:
+        print(f"srlm: also selected {', '.join(k.to_user_string() for k in added)} (computed in one step with the selection)")
+    return selection, None
+
+
+def _keys_text(keys, limit: int = 12) -> str:
+    names = [k.to_user_string() for k in keys]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _execute(defs, instance, keys: list, force: bool) -> tuple[bool, str]:
+    """Materialize what is missing or stale among `keys`, in passes (srlm/resume.py); (success, last run id)."""
+    from definitions import EXPERIMENT_JOB
+    from srlm.progress import PROGRESS_LOGGER
+    from srlm.resume import plan
+
+    graph, job = defs.resolve_asset_graph(), defs.resolve_job_def(EXPERIMENT_JOB)
+    done: set = set()
+    run_id = ""
+    for step in range(len(keys) + 1):
+        todo = plan(instance, graph, [k for k in keys if k not in done], force=force and step == 0)
+        if step == 0 and todo.kept:
+            print(f"srlm: kept {len(todo.kept)} assets, up to date (same code version and upstream data): {_keys_text(todo.kept)}")
+        if not todo.run:
+            break
+        by_reason: dict[str, list] = {}
+        for key in todo.run:
+            by_reason.setdefault(todo.reasons[key], []).append(key)
+        for reason, group in by_reason.items():
+            print(f"srlm: to materialize ({reason}): {_keys_text(group, limit=len(group))}")
+        selection, _ = whole_multi_assets(graph, todo.run)
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False, asset_selection=selection, run_config={"loggers": {PROGRESS_LOGGER: {}}}
+        )
+        run_id = result.run_id
+        if not result.success:
+            failed = [e.step_key.replace("__", "/") for e in result.all_events if e.is_step_failure]
+            print(f"srlm: run {run_id} failed at {', '.join(failed) or 'an unknown step'}; see `srlm ui` for the full log", file=sys.stderr)
+            return False, run_id
+        done.update(selection)
+    return True, run_id
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = prepare_environment(args.config)
@@ -58,30 +122,52 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     import dagster as dg
 
-    from definitions import EXPERIMENT_JOB, build_definitions
-    from srlm.progress import PROGRESS_LOGGER
+    from definitions import build_definitions
+    from srlm.checkpoints import remove_leftovers
+    from srlm.run_lock import RunLocked, acquire, describe
 
-    print(f"srlm: experiment '{cfg.experiment.name}' into {cfg.home} (Dagster instance {os.environ['DAGSTER_HOME']})")
-    defs = build_definitions(cfg)
-    job = defs.resolve_job_def(EXPERIMENT_JOB)
-    selection = None
-    if args.select:
-        graph = defs.resolve_asset_graph()
-        selection = sorted(dg.AssetSelection.from_string(args.select).resolve(graph))
-        if not selection:
-            return _fail(f"--select '{args.select}' matches no asset")
-    with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            asset_selection=selection,
-            run_config={"loggers": {PROGRESS_LOGGER: {}}},
-        )
-    if not result.success:
-        failed = [e.step_key.replace("__", "/") for e in result.all_events if e.is_step_failure]
-        return _fail(f"run {result.run_id} failed at {', '.join(failed) or 'an unknown step'}; see `srlm ui` for the full log", EXIT_FAILED)
-    print(f"srlm: run {result.run_id} succeeded. Query it: srlm sql \"select * from checkpoints\"")
+    dagster_home = os.environ["DAGSTER_HOME"]
+    try:
+        lock = acquire(dagster_home, " ".join(["srlm", *sys.argv[1:]]))
+    except RunLocked as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    try:
+        if lock.previous:
+            print(f"srlm: cleared the lock of a run that is no longer active ({describe(lock.previous)})")
+        storage = cfg.paths.open_storage()
+        if removed := remove_leftovers(cfg.home, storage):
+            print(f"srlm: removed {len(removed)} half-written files or folders of an interrupted run: {', '.join(p.name for p in removed[:5])}")
+        elsewhere = f"; tables, shards and checkpoints in {storage.root}" if cfg.paths.storage else ""
+        print(f"srlm: experiment '{cfg.experiment.name}' into {cfg.home} (Dagster instance {dagster_home}{elsewhere})")
+        defs = build_definitions(cfg)
+        keys, error = _resolve_selection(defs.resolve_asset_graph(), args.select)
+        if error:
+            return _fail(error)
+        with dg.DagsterInstance.get() as instance:
+            ok, run_id = _execute(defs, instance, keys, args.force)
+    finally:
+        lock.release()
+    if not ok:
+        return EXIT_FAILED
+    print(f"srlm: {'run ' + run_id + ' succeeded' if run_id else 'nothing to do: every asset is up to date'}.")
+    _print_answer(cfg.home)
+    print('Query it: srlm sql "select * from eval.comparison"; srlm report; srlm ui')
     return 0
+
+
+def _print_answer(home: Path) -> None:
+    """The experiment's answer (srlm.report's headline), when the comparison is materialized."""
+    import duckdb
+
+    from srlm.report import headline_query
+    from srlm.warehouse import query_read_only
+
+    try:
+        columns, rows = query_read_only(home, headline_query())
+    except (FileNotFoundError, duckdb.CatalogException):  # nothing compared yet (e.g. a --select run)
+        return
+    for row in rows:
+        print(f"  {row[columns.index('sentence')]}")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -102,6 +188,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _home_for_sql(config: str | None) -> Path:
+    """The home whose catalog `srlm sql` and `srlm report` read; the storage its views read is recorded there."""
     if config is not None or os.environ.get(CONFIG_ENV):
         return load_config(config).home
     return Path(os.environ.get(HOME_ENV, ".srlm")).resolve()
@@ -186,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="materialize the experiment (in-process executor, progress on stdout)")
     run.add_argument("--config", help=f"experiment YAML (default: ${CONFIG_ENV} or the embedded default)")
-    run.add_argument("--select", help="Dagster asset selection, e.g. 'key:data/*' or '+key:iter_1/selected'")
+    run.add_argument("--select", help="Dagster asset selection, e.g. 'key:data/*' or '+key:srlm_likelihood_iter_1/selected'")
+    run.add_argument("--force", action="store_true", help="recompute every selected asset, even those up to date")
     run.set_defaults(func=cmd_run)
 
     ui = sub.add_parser("ui", help="start the Dagster UI for this project")

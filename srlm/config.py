@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from srlm.arms import SELECTORS, Arm, parse_arm
 from srlm.kit import KitNotFound, find_data_kit
 from srlm.paths import DEFAULT_CONFIG
 from srlm.voting import check_sample_counts
@@ -24,8 +25,7 @@ from srlm.voting import check_sample_counts
 CONFIG_ENV = "SRLM_CONFIG"
 HOME_ENV = "SRLM_HOME"
 KIT_TOKEN = "{kit}"
-
-SELECTORS = ("length", "likelihood", "consistency")
+BOOTSTRAP = "bootstrap"
 
 
 class ConfigError(ValueError):
@@ -43,11 +43,42 @@ class Experiment(_Section):
     name: str = Field(min_length=1)
     seed: int
     iterations: int = Field(ge=0, le=100)
+    arms: list[str] = Field(min_length=1)
+
+
+# storage_options keys that would carry credentials: those come from the standard AWS environment variables
+CREDENTIAL_KEYS = {"key", "secret", "token", "password", "access_key", "secret_key", "session_token",
+                   "aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
+
+
+def _credential_keys(node: Any) -> set[str]:
+    if not isinstance(node, dict):
+        return set()
+    found = {k for k in node if str(k).lower() in CREDENTIAL_KEYS}
+    return found.union(*(_credential_keys(v) for v in node.values()))
 
 
 class Paths(_Section):
     home: Optional[str]
+    storage: Optional[str]
+    storage_options: dict[str, Any]
     data_kit: Optional[str]
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if found := sorted(_credential_keys(options)):
+            raise ValueError(
+                f"holds credentials ({', '.join(found)}); they come from the standard AWS environment variables "
+                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...), never from the config"
+            )
+        return options
+
+    def open_storage(self):
+        """Where tables/, shards/ and checkpoints/ live: `storage`, else the home (a srlm.storage.Storage)."""
+        from srlm.storage import Storage
+
+        return Storage(self.storage or self.home, self.storage_options)
 
 
 class SourceColumns(_Section):
@@ -105,12 +136,13 @@ class Model(_Section):
 
     @property
     def is_bootstrap(self) -> bool:
-        return self.base == "bootstrap"
+        return self.base == BOOTSTRAP
 
 
 class Instructions(_Section):
     seed: int
     sources: list[InstructionSource] = Field(min_length=1)
+    max_rejected_fraction: float = Field(ge=0, le=1)
 
 
 class CatalystColumns(_Section):
@@ -144,6 +176,7 @@ class Catalyst(_Section):
     pool: InstructionSource
     file: FileCatalyst
     teacher: TeacherCatalyst
+    max_rejected_fraction: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
     def _source_settings(self) -> "Catalyst":
@@ -159,6 +192,22 @@ class Generation(_Section):
     batch_size: int = Field(ge=1)
     gpu_memory_utilization: float = Field(gt=0, le=1)
     tensor_parallel_size: int = Field(ge=1)
+
+
+class Executor(_Section):
+    """Where generation, likelihood scoring and evaluation sampling run (srlm/distributed.py for ray)."""
+
+    kind: Literal["local", "ray"]
+    address: Optional[str]
+    num_cpus: Optional[int] = Field(ge=1)
+    actors: int = Field(ge=1)
+    cpus_per_actor: Optional[int] = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _local_cpus_only(self) -> "Executor":
+        if self.address and self.num_cpus is not None:
+            raise ValueError("num_cpus sizes a Ray started on this machine; a cluster at `address` has its own CPUs")
+        return self
 
 
 class Expand(_Section):
@@ -193,6 +242,10 @@ class Train(_Section):
     max_length: int = Field(ge=16)
     warmup_ratio: float = Field(ge=0, lt=1)
     lora: Lora
+    processes: int = Field(ge=1)
+    fsdp: bool
+    gradient_checkpointing: bool
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]]
 
 
 class Benchmark(_Section):
@@ -210,6 +263,7 @@ class Eval(_Section):
     max_new_tokens: int = Field(ge=1)
     benchmarks: dict[Literal["gsm8k", "arc_challenge", "mmlu", "hellaswag", "bbh"], Benchmark]
     decontamination_ngram: int = Field(ge=4)
+    comparison_resamples: int = Field(ge=1000)
 
     @field_validator("samples")
     @classmethod
@@ -236,6 +290,7 @@ class ExperimentConfig(_Section):
     instructions: Instructions
     catalyst: Catalyst
     generation: Generation
+    executor: Executor
     expand: Expand
     select: Select
     train: Train
@@ -243,6 +298,18 @@ class ExperimentConfig(_Section):
 
     # where it came from (not config keys)
     source_file: str = Field(default=str(DEFAULT_CONFIG), exclude=True)
+
+    @model_validator(mode="after")
+    def _arms(self) -> "ExperimentConfig":
+        names = [parse_arm(name, self.select.selector).name for name in self.experiment.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment.arms: an arm is listed twice ({', '.join(names)})")
+        return self
+
+    @property
+    def arms(self) -> list[Arm]:
+        """The arms, each named in full ("srlm" -> "srlm/<select.selector>")."""
+        return [parse_arm(name, self.select.selector) for name in self.experiment.arms]
 
     @property
     def home(self) -> Path:
@@ -391,8 +458,22 @@ def _describe(exc: ValidationError, user_raw: dict, user_file: Path | None) -> s
 # ---------------------------------------------------------------------------------------------- paths
 
 
+def _uri_problem(uri: str) -> str | None:
+    """What is wrong with a storage URI (no filesystem for its protocol, no bucket), or None."""
+    import fsspec
+
+    protocol, rest = uri.split("://", 1)
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as exc:
+        return f"no filesystem for {protocol}:// ({exc})"
+    return None if rest.strip("/") else f"names no bucket: {uri}"
+
+
 def _resolve_paths(config: ExperimentConfig, user_raw: dict, user_file: Path | None) -> None:
     """Make every path absolute ({kit} and config-relative), and check that the files it needs exist."""
+    from srlm.base_models import PRESETS
+
     config_dir = user_file.parent if user_file else Path.cwd()
     kit: list[Path] = []  # found lazily: only configs that use {kit} need the kit
 
@@ -413,24 +494,36 @@ def _resolve_paths(config: ExperimentConfig, user_raw: dict, user_file: Path | N
 
     def need_file(value: str, loc: tuple, directory: bool = False) -> str:
         path = resolve(value, loc)
-        ok = Path(path).is_dir() if directory else Path(path).is_file()
-        if not ok:
-            kind = "directory" if directory else "file"
-            raise err(loc, f"{kind} not found: {path}")
-        return path
+        found, kind = Path(path), "directory" if directory else "file"
+        if found.is_dir() if directory else found.is_file():
+            return path
+        if found.exists():
+            what = "a directory" if found.is_dir() else "a file" if found.is_file() else "not a regular file"
+            raise err(loc, f"is {what}, expected a {kind}: {path}")
+        raise err(loc, f"{kind} not found: {path}")
 
     if config.paths.data_kit is not None:
         config.paths.data_kit = resolve(config.paths.data_kit, ("paths", "data_kit"))
     home = config.paths.home if config.paths.home is not None else os.environ.get(HOME_ENV, ".srlm")
+    if "://" in home:
+        raise err(("paths", "home"), f"is a local folder (Dagster instance, run lock, catalog), got {home}; "
+                  "put tables, shards and checkpoints on an object store with paths.storage")
     config.paths.home = resolve(home, ("paths", "home")) if config.paths.home else str(Path(home).resolve())
+    if config.paths.storage is not None:
+        storage = config.paths.storage
+        problem = _uri_problem(storage) if "://" in storage else None
+        if problem:
+            raise err(("paths", "storage"), problem)
+        config.paths.storage = storage.rstrip("/") if "://" in storage else resolve(storage, ("paths", "storage"))
 
     for i, src in enumerate(config.instructions.sources):
         src.path = need_file(src.path, ("instructions", "sources", i, "path"))
     if config.model.is_bootstrap:
         for i, src in enumerate(config.model.bootstrap.corpus):
             src.path = need_file(src.path, ("model", "bootstrap", "corpus", i, "path"))
-    else:
-        config.model.base = need_file(config.model.base, ("model", "base"), directory=True)
+    elif config.model.base not in PRESETS:
+        gguf = config.model.base.lower().endswith(".gguf")
+        config.model.base = need_file(config.model.base, ("model", "base"), directory=not gguf)
     cat = config.catalyst
     if cat.source in ("derived", "teacher"):
         cat.pool.path = need_file(cat.pool.path, ("catalyst", "pool", "path"))

@@ -1,20 +1,24 @@
 """Reading instruction data (JSON / JSONL / Parquet) into examples, with every bad row accounted for.
 
+Text files are UTF-8 (a leading byte-order mark is skipped); JSONL lines end in LF, CRLF or CR.
 A malformed file stops with `DataFormatError` naming the file and line. A bad row (missing or empty
 field, non-text value, duplicate, too long for the model) becomes a `Rejected` record with a reason.
 Every row of the files is accounted for (`Intake`): rows in the files = blank lines + rows excluded
 (with a reason) + rows the seeded sample did not draw + rows read, and rows read = kept + rejected.
+`check_intake` stops an experiment (`IntakeError`) whose file kept no row or rejected too many.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import pyarrow.parquet as pq
 
@@ -45,6 +49,11 @@ class Rejected:
     reason: str
     raw: str  # the row as JSON text, so nothing is lost
     example_id: str | None = None
+
+
+class IntakeError(ValueError):
+    """Too little of a file survived intake for the experiment to go on; the message names the file, the
+    counts and the most common reasons rows were rejected."""
 
 
 class RowAccountingError(RuntimeError):
@@ -128,6 +137,10 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
 
 BLANK_LINE = object()  # what read_rows yields for a JSONL line holding only whitespace
 
+# JSONL line breaks: LF, CRLF or CR. Not str.splitlines(), which also breaks at U+2028, U+0085 and other
+# characters a JSON string may hold unescaped.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
 
 def read_rows(path: str | Path, fmt: str = "auto") -> Iterator[tuple[int, Any]]:
     """Yield (row number, row) from a JSON array, JSONL or Parquet file; a blank JSONL line yields
@@ -143,28 +156,68 @@ def read_rows(path: str | Path, fmt: str = "auto") -> Iterator[tuple[int, Any]]:
         for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
         return
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataFormatError(f"{path}: line {line}: not UTF-8 text ({exc.reason})") from None
+    text = _read_text(path)
     if fmt == "jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                yield lineno, BLANK_LINE
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{path}: line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        lines = _LINE_BREAK.split(text)
+        if lines[-1] == "":  # the break that ends the last line starts no line of its own
+            lines.pop()
+        for lineno, line in enumerate(lines, start=1):
+            yield lineno, BLANK_LINE if not line.strip() else _parse_json(line, path, lineno)
         return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not text.strip():
+        raise DataFormatError(f"{path}: line 1: the file is empty; a JSON file must hold an array of rows")
+    data = _parse_json(text, path, 1, extra_data_hint="; a row per line is JSONL: name the file .jsonl or set format: jsonl")
     if not isinstance(data, list):
         raise DataFormatError(f"{path}: line 1: a JSON file must hold an array of rows, found {type(data).__name__}")
     yield from enumerate(data, start=1)
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, without the byte-order mark some editors write first."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}: line {line}: not UTF-8 text ({exc.reason})") from None
+
+
+def _parse_json(text: str, path: Path, first_line: int, extra_data_hint: str = "") -> Any:
+    """json.loads with errors that name the file and line (`text` starts at line `first_line`); the hint
+    follows the error when more JSON follows a complete value."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = first_line + exc.lineno - 1
+        hint = extra_data_hint if exc.msg == "Extra data" else ""
+        raise DataFormatError(f"{path}: line {line}: not valid JSON ({exc.msg}, column {exc.colno}){hint}") from None
+    except RecursionError:
+        depth, offset = _deepest_nesting(text)
+        raise DataFormatError(
+            f"{path}: line {first_line + offset}: nested too deeply to read ({depth} levels of arrays/objects)"
+        ) from None
+
+
+def _deepest_nesting(text: str) -> tuple[int, int]:
+    """(deepest nesting of JSON arrays/objects, 0-based line where it is first reached); strings skipped."""
+    depth = deepest = line = deepest_line = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_line = depth, line
+        elif char in "]}":
+            depth -= 1
+        if char == "\n":
+            line += 1
+    return deepest, deepest_line
 
 
 # ------------------------------------------------------------------------------------------ rows -> examples
@@ -253,7 +306,7 @@ def load_instructions(
     result = LoadResult()
     seen: dict[str, tuple[str, int]] = {}
     for index, src in enumerate(sources):
-        name = src.name or Path(src.path).stem
+        name = source_name(src)
         rows = read_file_rows(src.path, src.format, result.intake)
         if exclude:
             eligible = [(n, row) for n, row in rows if _instruction_key(row, src) not in exclude]
@@ -274,6 +327,11 @@ def load_instructions(
             seen[example.example_id] = (name, row_no)
             result.examples.append(example)
     return result
+
+
+def source_name(src: InstructionSource) -> str:
+    """What rows of `src` are labelled with (Example.source, Rejected.source): its name, else the file's stem."""
+    return src.name or Path(src.path).stem
 
 
 def _instruction_key(row: Any, src: InstructionSource) -> tuple[str, str] | None:
@@ -299,3 +357,57 @@ def reject_too_long(
         else:
             kept.append(item)
     return kept, rejected
+
+
+# ------------------------------------------------------------------------------------------ intake bounds
+
+
+def check_intake(
+    section: str, files: Mapping[str, str], kept: Iterable[str], rejected: Sequence[Rejected], max_rejected_fraction: float
+) -> None:
+    """Raise IntakeError unless every file kept at least one row and rejected at most `max_rejected_fraction`
+    of the rows read from it (an empty file, a column mapping that matches nothing or a wrong format must not
+    let an experiment run on nothing).
+
+    `files` maps each source name (Example.source, Rejected.source, ...) to its file; several names may
+    share a file (a catalyst pool and the records derived from it). `kept` holds the source name of each
+    kept row. `section` is the config section whose max_rejected_fraction applies; the message names it."""
+    kept_per_file = Counter(files.get(name, name) for name in kept)
+    reasons_per_file: dict[str, list[str]] = {}
+    for r in rejected:
+        reasons_per_file.setdefault(files.get(r.source, r.source), []).append(r.reason)
+    problems = []
+    for file in dict.fromkeys([*files.values(), *kept_per_file, *reasons_per_file]):
+        problem = _intake_problem(kept_per_file[file], reasons_per_file.get(file, []), max_rejected_fraction)
+        if problem:
+            problems.append(f"{file}: {problem}")
+    if problems:
+        raise IntakeError(
+            f"{section}: too little of the data survived intake ({section}.max_rejected_fraction is "
+            f"{max_rejected_fraction}):\n  " + "\n  ".join(problems)
+        )
+
+
+def _intake_problem(kept: int, reasons: Sequence[str], max_rejected_fraction: float) -> str | None:
+    read = kept + len(reasons)
+    if read == 0:
+        return "no row kept: no rows read (the file is empty, holds only blank lines, or every row was skipped)"
+    if kept == 0:
+        return f"no row kept: all {read} rows read were rejected; most common reasons: {top_reasons(reasons)}"
+    if len(reasons) > max_rejected_fraction * read:
+        return (f"{len(reasons)} of {read} rows read were rejected ({len(reasons) / read:.0%}), {kept} kept; "
+                f"most common reasons: {top_reasons(reasons)}")
+    return None
+
+
+def top_reasons(reasons: Sequence[str], n: int = 3) -> str:
+    """The `n` most common kinds of reason (the text before the colon) with their counts, each with an
+    example when the reasons of a kind differ: '12 x missing field: 'instruction' (column 'prompt')'."""
+    kinds: dict[str, list[str]] = {}
+    for reason in reasons:
+        kinds.setdefault(reason.split(":")[0], []).append(reason)
+    common = sorted(kinds.items(), key=lambda kv: -len(kv[1]))[:n]
+    return "; ".join(
+        f"{len(group)} x {group[0]}" if len(set(group)) == 1 else f"{len(group)} x {kind} (e.g. {group[0]})"
+        for kind, group in common
+    )

@@ -7,7 +7,8 @@
                  as `completion` the first of those N completions whose answer is the vote (the first
                  completion when none could be read).
 - loglikelihood: multiple choice: the choice whose continuation has the highest total log-probability
-                 (lm-evaluation-harness's "acc"); deterministic, so only N = 1.
+                 (lm-evaluation-harness's "acc"); deterministic, so only N = 1. The row also holds the
+                 harness's "acc_norm" choice (`prediction_norm`, `correct_norm`; see `acc_norm_choice`).
 
 Rows: one per question and N, with the columns of the `evals` view (DESIGN.md 4).
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from srlm.answer_extraction import extract_answer, is_correct
 from srlm.benchmarks import Question, generation_messages, loglikelihood_requests
@@ -65,6 +68,8 @@ def evaluate_generate(
                     "completion": out.completions[voter].text,
                     "sample_predictions": predictions[:n],
                     "choice_logprobs": None,
+                    "prediction_norm": None,
+                    "correct_norm": None,
                 }
             )
     return rows
@@ -82,6 +87,7 @@ def evaluate_loglikelihood(questions: Sequence[Question], engine, adapter: str |
         totals = [lp.total for lp in logps[start : start + count]]
         best = max(range(count), key=totals.__getitem__)  # first index wins ties
         prediction = q.labels[best]
+        norm = acc_norm_choice(totals, [continuation for _, continuation in requests[start : start + count]])
         rows.append(
             {
                 "benchmark": q.benchmark,
@@ -94,9 +100,25 @@ def evaluate_loglikelihood(questions: Sequence[Question], engine, adapter: str |
                 "completion": q.choices[best],
                 "sample_predictions": [prediction],
                 "choice_logprobs": totals,
+                "prediction_norm": q.labels[norm],
+                "correct_norm": norm == q.gold_index,
             }
         )
     return rows
+
+
+# lm-evaluation-harness puts this between context and choice: each continuation is TARGET_DELIMITER + choice
+TARGET_DELIMITER = " "
+
+
+def acc_norm_choice(totals: Sequence[float], continuations: Sequence[str]) -> int:
+    """The choice of lm-evaluation-harness's acc_norm (0.4.13, api/task.py, multiple_choice process_results):
+    np.argmax(total log p / len(choice)), the length in characters (Python's len; acc_bytes would use UTF-8
+    bytes) of the choice's text, i.e. the continuation without the target delimiter. np.argmax: the first
+    index wins ties."""
+    lengths = np.array([len(c.removeprefix(TARGET_DELIMITER)) for c in continuations], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty choice divides by 0, as in the harness
+        return int(np.argmax(np.array(totals, dtype=float) / lengths))
 
 
 def evaluate(
@@ -107,15 +129,21 @@ def evaluate(
     settings: EvalSettings,
     log: Callable[[str], None] = lambda _: None,
 ) -> list[dict]:
+    """Rows of every benchmark, in the given order. The questions of all benchmarks of one protocol go to the
+    engine in one call (one Ray job each with the ray executor, instead of one per benchmark)."""
+    asked: dict[str, list[Question]] = defaultdict(list)
+    for benchmark, questions in questions_by_benchmark.items():
+        asked[protocols[benchmark]] += questions
+    answered = evaluate_generate(asked["generate"], engine, adapter, settings) if asked["generate"] else []
+    answered += evaluate_loglikelihood(asked["loglikelihood"], engine, adapter) if asked["loglikelihood"] else []
+    by_benchmark: dict[str, list[dict]] = defaultdict(list)
+    for row in answered:
+        by_benchmark[row["benchmark"]].append(row)
     rows = []
     for benchmark, questions in questions_by_benchmark.items():
-        protocol = protocols[benchmark]
-        if protocol == "generate":
-            part = evaluate_generate(questions, engine, adapter, settings)
-        else:
-            part = evaluate_loglikelihood(questions, engine, adapter)
+        part = by_benchmark[benchmark]
         accuracy = accuracy_at_smallest_n(part).get(benchmark, 0.0)
-        log(f"{benchmark} ({protocol}): {len(questions)} questions, accuracy {accuracy:.3f}")
+        log(f"{benchmark} ({protocols[benchmark]}): {len(questions)} questions, accuracy {accuracy:.3f}")
         rows += part
     return rows
 

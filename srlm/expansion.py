@@ -1,4 +1,7 @@
-"""Expansion: M_{t-1} enriches each example's current rationale into N candidates, in shards.
+"""Expansion: M_{t-1} rewrites each example's current rationale into N candidates, in shards.
+
+The prompt is the enriching task (x, r, y) -> r' for the SRLM arms, or the answering task x -> <think>r</think> y
+for self-training (the rationale is read out of the think block).
 
 Examples are ordered by example_id and cut into shards of `shard_size`; every shard is sampled with its
 own seed (derived from the run seed, the iteration and the shard index) and committed as its own
@@ -15,16 +18,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from srlm import prompts
 from srlm.datasets import stable_id
 from srlm.engines.types import SamplingParams
-from srlm.warehouse import write_parquet_atomic
+from srlm.storage import Storage
 
 CANDIDATE_SCHEMA = pa.schema(
     [
         ("candidate_id", pa.string()),
+        ("arm", pa.string()),
         ("example_id", pa.string()),
         ("iteration", pa.int64()),
         ("parent_id", pa.string()),
@@ -35,6 +38,7 @@ CANDIDATE_SCHEMA = pa.schema(
         ("top_p", pa.float64()),
         ("prompt_template", pa.string()),
         ("text", pa.string()),
+        ("skills", pa.string()),  # meta-reasoning skills marked in the text ("[decomposition] ..."), in order of first use
         ("n_tokens", pa.int64()),
         ("finish_reason", pa.string()),
         ("run_id", pa.string()),
@@ -55,12 +59,24 @@ class ExpansionTask:
     output: str
 
 
+PROMPTS = {
+    "enrich": (lambda t: prompts.enrich_messages(t.instruction, t.input, t.rationale, t.output), prompts.ENRICH_VERSION),
+    "answer": (lambda t: prompts.answer_messages(t.instruction, t.input), prompts.ANSWER_FORMAT_VERSION),
+}
+
+
 @dataclass(frozen=True)
 class ExpansionSettings:
     iteration: int
     checkpoint_id: str
     params: SamplingParams  # its seed is the run seed; each shard derives its own from it
     shard_size: int
+    arm: str = "srlm"
+    prompt: str = "enrich"  # a key of PROMPTS
+
+    @property
+    def template_version(self) -> str:
+        return PROMPTS[self.prompt][1]
 
 
 def shard_seed(seed: int, iteration: int, shard: int) -> int:
@@ -76,7 +92,8 @@ def shard_tasks(tasks: Sequence[ExpansionTask], shard_size: int) -> list[list[Ex
 def recipe_key(tasks: Sequence[ExpansionTask], settings: ExpansionSettings, adapter: str | None) -> str:
     """Everything that determines the shards' content; finished shards are reused only under the same key."""
     parts = [
-        prompts.ENRICH_VERSION,
+        settings.arm,
+        settings.template_version,
         prompts.ANSWER_FORMAT_VERSION,
         prompts.RATIONALE_EXTRACTION_VERSION,
         settings.checkpoint_id,
@@ -94,7 +111,8 @@ def _shard_rows(
 ) -> pa.Table:
     seed = shard_seed(settings.params.seed, settings.iteration, shard)
     params = SamplingParams(**{**settings.params.__dict__, "seed": seed})
-    messages = [prompts.enrich_messages(t.instruction, t.input, t.rationale, t.output) for t in tasks]
+    render = PROMPTS[settings.prompt][0]
+    messages = [render(t) for t in tasks]
     outputs = engine.generate(messages, params, adapter=adapter)
     rows = []
     for task, output in zip(tasks, outputs, strict=True):
@@ -104,6 +122,7 @@ def _shard_rows(
             rows.append(
                 {
                     "candidate_id": cid,
+                    "arm": settings.arm,
                     "example_id": task.example_id,
                     "iteration": settings.iteration,
                     "parent_id": task.parent_id,
@@ -112,8 +131,9 @@ def _shard_rows(
                     "seed": seed,
                     "temperature": params.temperature,
                     "top_p": params.top_p,
-                    "prompt_template": prompts.ENRICH_VERSION,
+                    "prompt_template": settings.template_version,
                     "text": text,
+                    "skills": prompts.skills_used(text),
                     "n_tokens": completion.n_tokens,
                     "finish_reason": completion.finish_reason,
                     "run_id": run_id,
@@ -131,20 +151,22 @@ def expand(
     run_id: str,
     adapter: str | None = None,
     log: Callable[[str], None] = lambda _: None,
+    storage: Storage | None = None,
 ) -> tuple[pa.Table, dict[str, int]]:
     """Generate every unfinished shard, commit each when done, and return all candidates plus counts
-    {"shards", "reused", "generated"}. shard_dir should be specific to the recipe (see recipe_key)."""
-    shard_dir = Path(shard_dir)
+    {"shards", "reused", "generated"}. shard_dir should be specific to the recipe (see recipe_key); it is a
+    local folder, or a URI on `storage` (srlm/storage.py: every shard is written atomically there too)."""
+    storage = storage or Storage(str(shard_dir))
     shards = shard_tasks(tasks, settings.shard_size)
     tables, reused = [], 0
     for index, shard in enumerate(shards):
-        path = shard_dir / f"shard-{index:05d}.parquet"
-        if path.is_file():
-            tables.append(pq.read_table(path))
+        path = f"{str(shard_dir).rstrip('/')}/shard-{index:05d}.parquet"
+        if storage.is_file(path):
+            tables.append(storage.read_parquet(path))
             reused += 1
             continue
         table = _shard_rows(index, shard, engine, settings, adapter, run_id)
-        write_parquet_atomic(table, path)
+        storage.write_parquet(table, path)
         tables.append(table)
         log(f"shard {index + 1}/{len(shards)}: {len(shard)} examples, {table.num_rows} candidates")
     all_rows = pa.concat_tables(tables) if tables else CANDIDATE_SCHEMA.empty_table()

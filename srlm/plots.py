@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from srlm.config import SELECTORS  # noqa: E402
+from srlm.arms import SELECTORS, leaf_arms, lineage  # noqa: E402
 
 SCORE_QUANTILES = {"p10": 0.1, "median": 0.5, "p90": 0.9}
 
@@ -105,37 +105,51 @@ def score_summary(scores: pl.DataFrame) -> dict[str, float | int | None]:
     return summary
 
 
+def _panels(benchmarks: list[str], height: float = 3.2):
+    names = benchmarks or ["(none)"]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), height), squeeze=False)
+    return fig, list(zip(axes[0], names))
+
+
 def accuracy_by_iteration(summary: pl.DataFrame) -> bytes:
-    """Accuracy per benchmark across checkpoints (base, M0, M1, ...). Columns: iteration, benchmark, accuracy."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    """Accuracy per arm across its chain (base, then M0 or sft, then M1, M2 ...), one panel per benchmark,
+    with 95% interval bars. Columns: arm, iteration, benchmark, accuracy, accuracy_low, accuracy_high."""
+    arms = leaf_arms(summary["arm"].unique().to_list()) if not summary.is_empty() else []
+    fig, panels = _panels(sorted(summary["benchmark"].unique().to_list()))
+    for ax, benchmark in panels:
+        part = summary.filter(pl.col("benchmark") == benchmark)
+        for k, arm in enumerate(arms):
+            line = part.filter(pl.col("arm").is_in(list(lineage(arm)))).sort("iteration")
+            x = [t + 0.06 * (k - (len(arms) - 1) / 2) for t in line["iteration"].to_list()]  # side by side
+            y = line["accuracy"].to_list()
+            # Wilson bounds hug 0 and 1 up to float error: clamp, matplotlib refuses negative error bars
+            err = [[max(a - lo, 0.0) for a, lo in zip(y, line["accuracy_low"].to_list())],
+                   [max(hi - a, 0.0) for a, hi in zip(y, line["accuracy_high"].to_list())]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
+        ticks = sorted(part["iteration"].unique().to_list())
+        ax.set_xticks(ticks, [iteration_label(t) for t in ticks])
+        ax.set_ylim(0, 1)
+        ax.set_title(benchmark)
+        _legend(ax)
     if summary.is_empty():
-        _nothing_yet(ax, "evaluation")
-    for benchmark in sorted(summary["benchmark"].unique().to_list()):
-        part = summary.filter(pl.col("benchmark") == benchmark).sort("iteration")
-        ax.plot(part["iteration"].to_list(), part["accuracy"].to_list(), marker="o", label=benchmark)
-    ticks = sorted(summary["iteration"].unique().to_list())
-    ax.set_xticks(ticks, [iteration_label(t) for t in ticks])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy (N = 1)")
-    ax.set_title("Accuracy by checkpoint and benchmark")
-    _legend(ax, loc="upper left", bbox_to_anchor=(1, 1))
+        _nothing_yet(panels[0][0], "evaluation")
+    panels[0][0].set_ylabel("accuracy (N = 1), 95% interval")
     return _png(fig)
 
 
 def accuracy_vs_samples(scaling: pl.DataFrame) -> bytes:
     """Majority-vote accuracy vs the number of sampled answers N, one panel per benchmark, one line per
-    checkpoint. Columns: iteration, benchmark, n_samples, accuracy."""
-    benchmarks = sorted(scaling["benchmark"].unique().to_list()) or ["(none)"]
-    fig, axes = plt.subplots(1, len(benchmarks), figsize=(4 * len(benchmarks), 3), squeeze=False)
-    for ax, benchmark in zip(axes[0], benchmarks):
+    checkpoint (its arm and iteration). Columns: arm, iteration, benchmark, n_samples, accuracy."""
+    fig, panels = _panels(sorted(scaling["benchmark"].unique().to_list()), height=3)
+    for ax, benchmark in panels:
         part = scaling.filter(pl.col("benchmark") == benchmark)
-        for t in sorted(part["iteration"].unique().to_list()):
-            line = part.filter(pl.col("iteration") == t).sort("n_samples")
-            ax.plot(line["n_samples"].to_list(), line["accuracy"].to_list(), marker="o", label=iteration_label(t))
+        for (arm, t), line in sorted(part.group_by(["arm", "iteration"]), key=lambda g: (g[0][1], g[0][0])):
+            line = line.sort("n_samples")
+            ax.plot(line["n_samples"].to_list(), line["accuracy"].to_list(), marker="o", label=f"{iteration_label(t)} {arm}")
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1)
         ax.set_xlabel("samples N (majority vote)")
         ax.set_title(benchmark)
         _legend(ax)
-    axes[0][0].set_ylabel("accuracy")
+    panels[0][0].set_ylabel("accuracy")
     return _png(fig)

@@ -46,7 +46,11 @@ class ProgressHandler(logging.Handler):
             self.line(f"ok  {mat.asset_key.to_user_string()}{rows_text}")
         elif kind == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
-            status = "passed" if ev.passed else f"FAILED ({ev.severity.value.lower()})"
+            skipped = ev.metadata.get("skipped")
+            if skipped is not None and skipped.value:
+                status = f"skipped ({ev.description})"
+            else:
+                status = "passed" if ev.passed else f"FAILED ({ev.severity.value.lower()})"
             self.line(f"    check {ev.asset_key.to_user_string()}:{ev.check_name} {status}")
         elif kind == "STEP_SUCCESS":
             seconds = time.monotonic() - self.started.get(step, time.monotonic())

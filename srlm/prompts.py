@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 
 SKILLS = (
     "reflection",
@@ -25,6 +26,8 @@ SKILLS = (
     "analogy",
     "checking",
 )
+
+_SKILL_MARK = re.compile(r"\[(" + "|".join(re.escape(s) for s in SKILLS) + r")\]", re.IGNORECASE)
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 NO_RATIONALE = "(none)"
@@ -116,3 +119,13 @@ def strip_think(text: str) -> str:
 # strip_think decides what text a candidate (or a teacher's rationale) keeps: its source is part of the
 # recipe of that text, with ANSWER_FORMAT_VERSION (the tags it looks for).
 RATIONALE_EXTRACTION_VERSION = _version(inspect.getsource(strip_think))
+
+
+def skills_used(rationale: str) -> str:
+    """The skills a rationale marks ("[checking] ..."), comma-separated, in order of first use."""
+    seen: list[str] = []
+    for match in _SKILL_MARK.finditer(rationale):
+        skill = match.group(1).lower()
+        if skill not in seen:
+            seen.append(skill)
+    return ",".join(seen)

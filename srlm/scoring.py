@@ -19,6 +19,7 @@ from srlm import prompts, selectors
 SCORE_SCHEMA = pa.schema(
     [
         ("candidate_id", pa.string()),
+        ("arm", pa.string()),
         ("example_id", pa.string()),
         ("iteration", pa.int64()),
         ("role", pa.string()),
@@ -60,6 +61,7 @@ def score(
     references: dict[str, Reference],
     engine,
     iteration: int,
+    arm: str,
     adapter: str | None,
     ngram: int,
     max_repeated_fraction: float,
@@ -94,6 +96,7 @@ def score(
         rows.append(
             {
                 "candidate_id": it.candidate_id,
+                "arm": arm,
                 "example_id": it.example_id,
                 "iteration": iteration,
                 "role": it.role,

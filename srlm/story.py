@@ -31,7 +31,7 @@ def _rows(home: Path, query: str, params: tuple) -> list[dict]:
     return [dict(zip(columns, row)) for row in rows]
 
 
-def rationale_story(home: str | Path, candidate_id: str, selector: str) -> str:
+def rationale_story(home: str | Path, candidate_id: str, selector: str, schema: str) -> str:
     """Markdown: the kept candidate's chain back to its example, and its iteration's scoreboard."""
     home = Path(home)
     chain = _rows(home, "select * from ancestry where candidate_id = ? order by depth desc", (candidate_id,))
@@ -58,8 +58,8 @@ def rationale_story(home: str | Path, candidate_id: str, selector: str) -> str:
         home,
         """select s.role, c.sample_index, s.candidate_id, s.length, s.likelihood, s.consistency
            from scores s left join candidates c on c.candidate_id = s.candidate_id
-           where s.iteration = ? and s.example_id = ? order by s.role desc, c.sample_index""",
-        (winner["iteration"], example_id),
+           where s.iteration = ? and s.arm = ? and s.example_id = ? order by s.role desc, c.sample_index""",
+        (winner["iteration"], winner["arm"], example_id),
     )
     lines += [
         "",
@@ -74,5 +74,5 @@ def rationale_story(home: str | Path, candidate_id: str, selector: str) -> str:
         kept = "**yes**" if row["candidate_id"] == candidate_id else ""
         scores = " | ".join(_number(row[s]) for s in ("length", "likelihood", "consistency"))
         lines.append(f"| {name} | {scores} | {kept} |")
-    lines += ["", f"It trains M{winner['iteration']} through `iter_{winner['iteration']}/training_examples`."]
+    lines += ["", f"It trains M{winner['iteration']} through `{schema}/training_examples`."]
     return "\n".join(lines)

@@ -1,29 +1,42 @@
-"""LoRA fine-tuning with peft: (rendered prompt, completion) pairs, loss on the completion tokens only.
+"""LoRA fine-tuning with peft and accelerate: (rendered prompt, completion) pairs, loss on the completion tokens only.
 
     report = train_lora("models/base", [(prompt, completion), ...], "ckpt/iter_1",
                         LoraSettings(r=8), TrainSettings(epochs=2))
 
-- The completion gets the tokenizer's eos appended; prompt tokens (and padding) have label -100.
+- The completion gets the tokenizer's eos appended; prompt tokens (and padding) are not trained.
 - An example longer than max_length keeps its completion and loses prompt tokens from the left
   (a completion longer than max_length - 1 is cut on the right); nothing is dropped, truncations are counted.
 - Batches: seeded shuffle, then grouped by length (sorted within windows of 50 batches) to cut padding;
-  right padding. AdamW on the LoRA weights, linear warmup then linear decay to zero.
+  right padding. `batch_size` counts the examples of a micro-batch over all processes together.
+- The loss of an optimizer step is the mean over all its completion tokens (every micro-batch, every process).
+  AdamW on the LoRA weights, linear warmup then linear decay to zero, gradients clipped to norm 1.0.
+- The output layer projects only the positions whose next token is trained (see CompletionLM).
 - From the base model with a fresh LoRA, or continuing a previous adapter (`init_adapter`, trainable;
   its own LoRA settings then apply).
 - bf16 autocast when the dtype resolves to bfloat16 (CUDA "auto"), fp16 autocast with loss scaling for float16.
+  Gradient checkpointing on request (less activation memory; each layer's forward runs again in the backward).
+- `processes` = 1 trains in this process; N > 1 runs the same code in N processes under `accelerate launch`
+  (srlm.train_launch): DDP (gloo on CPU), or on GPUs FSDP with `fsdp` (use_orig_params off, the LoRA layers
+  wrapped on their own as peft's fsdp_auto_wrap_policy does; the adapter is saved from the gathered state dict,
+  never merged). Same global batch, same adapter: N processes match one to float rounding.
+- Per-step loss, learning rate and gradient norm go to TensorBoard (event files in logging_dir, by default
+  runs/<out_dir name> beside out_dir, never inside the adapter), or to wandb / MLflow when report_to names them
+  (run name: out_dir's name); the loss curve is in the TrainReport too.
 - The adapter is saved in peft format (adapter_config.json + adapter_model.safetensors) atomically: written
   into a temp sibling directory and renamed onto out_dir, so out_dir is always absent or complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
 
@@ -31,6 +44,7 @@ from srlm.engines.runtime import atomic_output_dir, load_causal_lm, resolve_devi
 
 IGNORE_INDEX = -100
 _GROUP_WINDOW = 50  # batches per length-sorting window
+_TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
 @dataclass
@@ -45,7 +59,7 @@ class LoraSettings:
 class TrainSettings:
     epochs: float = 1.0          # passes over the examples (fractions allowed); max_steps overrides
     learning_rate: float = 1e-3  # AdamW peak
-    batch_size: int = 16         # examples per micro-batch
+    batch_size: int = 16         # examples per micro-batch, all processes together
     grad_accum: int = 1          # micro-batches per optimizer step
     max_length: int = 512        # tokens per example (prompt + completion + eos)
     warmup_ratio: float = 0.05   # of the optimizer steps
@@ -54,6 +68,11 @@ class TrainSettings:
     dtype: str = "auto"          # auto (bf16 on a CUDA GPU with bf16, else float32) | float32 | bfloat16 | float16
     max_steps: int | None = None # optimizer steps; None = from epochs
     log_every: int = 10          # steps between log lines
+    processes: int = 1           # 1: in this process; N > 1: N processes under `accelerate launch`
+    fsdp: bool = False           # with processes > 1: shard the model with FSDP instead of replicating it (DDP)
+    gradient_checkpointing: bool = False
+    report_to: Union[str, list[str]] = "tensorboard"  # tensorboard | wandb | mlflow | none, or a list of them
+    logging_dir: str | None = None  # this run's TensorBoard folder; None: runs/<out_dir name> beside out_dir
 
 
 @dataclass
@@ -116,10 +135,84 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
     return batches
 
 
+def micro_batches(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator[list[int]]:
+    """The endless stream of (global) micro-batches, epoch after epoch, each epoch seeded on its own."""
+    epoch = 0
+    while True:
+        yield from length_grouped_batches(lengths, batch_size, random.Random(f"{seed}:{epoch}"))
+        epoch += 1
+
+
+def process_share(batch: Sequence[int], rank: int, processes: int) -> list[int]:
+    """The contiguous part of a micro-batch that process `rank` computes (sizes differ by at most one)."""
+    return list(batch[len(batch) * rank // processes : len(batch) * (rank + 1) // processes])
+
+
+def plan_steps(n_examples: int, settings: TrainSettings) -> tuple[int, int]:
+    """(optimizer steps, warmup steps)."""
+    if settings.max_steps is not None:
+        total = max(int(settings.max_steps), 1)
+    else:
+        per_epoch = math.ceil(n_examples / settings.batch_size)
+        total = max(math.ceil(settings.epochs * per_epoch / settings.grad_accum), 1)
+    return total, math.ceil(settings.warmup_ratio * total)
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(total - warmup, 1))
+
+
+class CompletionLM(torch.nn.Module):
+    """A causal LM whose forward returns the summed NLL of the trained (completion) tokens.
+
+    The loss lives inside the forward so that DDP and FSDP wrap all of it. The output layer projects only the
+    positions whose next token is trained: a forward pre-hook hands it those hidden states instead of all of
+    them, so the vocabulary projection (49k-way for SmolLM2) and the softmax skip prompt and padding positions:
+    6% of a SmolLM2 step on CPU with 18% of the positions untrained, 10% with half. Whatever the model's forward
+    does to the logits afterwards still applies.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self._keep: torch.Tensor | None = None  # (batch, length - 1): position t predicts a trained token t + 1
+        model.get_output_embeddings().register_forward_pre_hook(self._trained_positions)
+
+    def _trained_positions(self, _module, args):
+        return (args[0][:, :-1][self._keep],)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        targets = labels[:, 1:]
+        self._keep = targets != IGNORE_INDEX
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return torch.nn.functional.cross_entropy(logits.float(), targets[self._keep], reduction="sum")
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """Reject settings that cannot run, before any model is loaded or process started."""
+    if settings.batch_size < 1 or settings.grad_accum < 1:
+        raise ValueError("batch_size and grad_accum must be >= 1")
+    if settings.processes < 1:
+        raise ValueError(f"processes must be >= 1, got {settings.processes}")
+    if settings.fsdp and settings.processes < 2:
+        raise ValueError("fsdp shards the model over processes: it needs processes >= 2")
+    if settings.fsdp and resolve_device(settings.device).type == "cpu":
+        raise ValueError("fsdp needs GPUs (accelerate runs FSDP on accelerators only); on CPU use DDP (fsdp off)")
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
+    for name in tracker_names(settings.report_to):
+        if name not in available:
+            raise ValueError(f"report_to: unknown tracker {name!r}; use {', '.join(_TRACKERS)} or none")
+        if not available[name]():
+            raise ValueError(f"report_to: {name!r} needs the {name} package (pip install {name})")
+
+
+def tracker_names(report_to: Union[str, Sequence[str]]) -> list[str]:
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    return [n.strip().lower() for n in names if n.strip().lower() not in ("", "none")]
 
 
 def train_lora(
@@ -132,24 +225,123 @@ def train_lora(
     log: Callable[[str], None] | None = None,
 ) -> TrainReport:
     """Fine-tune a LoRA adapter on (rendered prompt, completion) pairs and save it to out_dir."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    started = time.perf_counter()
     log = log or (lambda _msg: None)
     if not examples:
         raise ValueError("train_lora needs at least one example")
-    if settings.batch_size < 1 or settings.grad_accum < 1:
-        raise ValueError("batch_size and grad_accum must be >= 1")
-    dev = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, dev)
-    torch.manual_seed(settings.seed)
-    model, tokenizer = load_causal_lm(base_model_path, device=str(dev), dtype=settings.dtype, padding_side="right")
+    check_settings(settings)
+    if settings.processes > 1:
+        from srlm.train_launch import launch
 
+        return launch(base_model_path, examples, out_dir, lora, settings, init_adapter, log)
+    return run_training(base_model_path, examples, out_dir, lora, settings, init_adapter, log)
+
+
+def run_training(
+    base_model_path: str | Path,
+    examples: Sequence[tuple[str, str]],
+    out_dir: str | Path,
+    lora: LoraSettings,
+    settings: TrainSettings,
+    init_adapter: str | None,
+    log: Callable[[str], None],
+) -> TrainReport:
+    """One process's part of a training run: the whole run in-process, or one of `accelerate launch`'s processes."""
+    started = time.perf_counter()
+    accelerator = _accelerator(settings, Path(out_dir))
+    say = log if accelerator.is_main_process else (lambda _msg: None)
+    torch.manual_seed(settings.seed)
+    model, tokenizer = _lora_model(base_model_path, lora, settings, init_adapter, accelerator, say)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before FSDP flattens them
     encoded = [encode_example(tokenizer, p, c, settings.max_length) for p, c in examples]
     truncated = sum(e.truncated for e in encoded)
     if truncated:
-        log(f"train: {truncated} of {len(encoded)} examples longer than {settings.max_length} tokens were cut (prompt from the left)")
+        say(f"train: {truncated} of {len(encoded)} examples longer than {settings.max_length} tokens were cut (prompt from the left)")
+    net = accelerator.prepare(CompletionLM(model))
+    trainable = [p for p in net.parameters() if p.requires_grad]  # after prepare: FSDP's flat parameters
+    optimizer = accelerator.prepare(torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0))
+    accelerator.init_trackers(Path(out_dir).name, config=_hyperparameters(lora, settings, len(encoded)))
+    total, _ = plan_steps(len(encoded), settings)
+    say(
+        f"train: {len(encoded)} examples, {total} steps of {settings.batch_size}x{settings.grad_accum} on "
+        f"{accelerator.num_processes} process(es) ({accelerator.distributed_type.value}), "
+        f"{n_trainable:,} trainable parameters, "
+        f"{accelerator.device}{'' if accelerator.mixed_precision == 'no' else f' {accelerator.mixed_precision} autocast'}"
+        f"{', gradient checkpointing' if settings.gradient_checkpointing else ''}"
+    )
+    try:
+        loss_curve, completion_tokens = _optimize(accelerator, net, optimizer, encoded, tokenizer.pad_token_id, settings, say, started)
+        report = TrainReport(
+            steps=total,
+            loss_curve=loss_curve,
+            final_loss=sum(loss_curve[-10:]) / len(loss_curve[-10:]),
+            completion_tokens=completion_tokens,
+            adapter_dir=str(out_dir),
+            truncated=truncated,
+        )
+        _save(accelerator, net, out_dir, report, started)
+    finally:
+        accelerator.end_training()  # closes the trackers' files, and a launched run's process group
+    say(f"train: adapter saved to {out_dir} (final loss {report.final_loss:.4f}, {report.seconds:.0f}s)")
+    return report
 
+
+def _accelerator(settings: TrainSettings, out_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    dev = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, dev)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one state per process and refuses to change it; like transformers' TrainingArguments,
+        # start every in-process run afresh, so consecutive runs may differ in device or precision
+        AcceleratorState._reset_state(reset_partial_state=True)
+        if dev.type == "cuda" and dev.index is not None:
+            torch.cuda.set_device(dev)
+    return Accelerator(
+        cpu=dev.type == "cpu",
+        mixed_precision={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no"),
+        fsdp_plugin=_fsdp_plugin() if settings.fsdp else None,
+        log_with=_trackers(settings, out_dir) or None,
+    )
+
+
+def _fsdp_plugin():
+    from accelerate import FullyShardedDataParallelPlugin
+
+    # a FlatParameter must not mix frozen and trained weights: with use_orig_params off, the LoRA layers get
+    # FSDP units of their own (auto_wrap_policy, set in _lora_model once the model exists)
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=1, use_orig_params=False, state_dict_type="FULL_STATE_DICT", sync_module_states=True
+    )
+
+
+def _trackers(settings: TrainSettings, out_dir: Path) -> list:
+    """accelerate trackers for report_to; each names the run after the adapter directory."""
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    logging_dir = Path(settings.logging_dir) if settings.logging_dir else out_dir.parent / "runs" / out_dir.name
+    make = {
+        "tensorboard": lambda: TensorBoardTracker(logging_dir.name, str(logging_dir.parent)),  # it joins them again
+        "wandb": lambda: WandBTracker(os.environ.get("WANDB_PROJECT", "srlm"), name=out_dir.name),
+        "mlflow": lambda: MLflowTracker(experiment_name="srlm", run_name=out_dir.name),
+    }
+    return [make[name]() for name in tracker_names(settings.report_to)]
+
+
+def _hyperparameters(lora: LoraSettings, settings: TrainSettings, n_examples: int) -> dict:
+    values = {f"lora_{k}": v for k, v in asdict(lora).items()} | asdict(settings) | {"examples": n_examples}
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
+
+
+def _lora_model(base_model_path, lora: LoraSettings, settings: TrainSettings, init_adapter, accelerator, log):
+    """(peft model in train mode, tokenizer): a fresh LoRA on the base model, or the previous adapter, trainable."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)  # launched CPU processes: "cpu:0"
+    model, tokenizer = load_causal_lm(base_model_path, device=device, dtype=settings.dtype, padding_side="right")
+    if settings.gradient_checkpointing:
+        # non-reentrant: needs no input that requires grad (the embeddings are frozen), and works under DDP/FSDP
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if init_adapter:
         model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
         log(f"train: continuing adapter {init_adapter} (its own LoRA settings apply)")
@@ -162,80 +354,71 @@ def train_lora(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, config)
+    if settings.fsdp:
+        from peft.utils.other import fsdp_auto_wrap_policy
+
+        accelerator.state.fsdp_plugin.auto_wrap_policy = fsdp_auto_wrap_policy(model)
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
+    return model, tokenizer
 
-    per_epoch = math.ceil(len(encoded) / settings.batch_size)
-    if settings.max_steps is not None:
-        total_steps = max(int(settings.max_steps), 1)
-    else:
-        total_steps = max(math.ceil(settings.epochs * per_epoch / settings.grad_accum), 1)
-    warmup = math.ceil(settings.warmup_ratio * total_steps)
-    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
-    amp_dtype = dtype if dtype in (torch.bfloat16, torch.float16) else None
-    scaler = torch.amp.GradScaler(dev.type) if amp_dtype is torch.float16 else None
-    log(
-        f"train: {len(encoded)} examples, {total_steps} steps of {settings.batch_size}x{settings.grad_accum}, "
-        f"{n_trainable:,} trainable parameters, {dev}{f' autocast {amp_dtype}' if amp_dtype else ''}"
-    )
 
-    lengths = [len(e.input_ids) for e in encoded]
-
-    def micro_batches():
-        epoch = 0
-        while True:
-            yield from length_grouped_batches(lengths, settings.batch_size, random.Random(f"{settings.seed}:{epoch}"))
-            epoch += 1
-
-    stream = micro_batches()
-    pad_id = tokenizer.pad_token_id
+def _optimize(accelerator, net, optimizer, encoded, pad_id, settings: TrainSettings, log, started) -> tuple[list[float], int]:
+    """The optimizer steps; returns (loss per step, completion tokens trained on)."""
+    total, warmup = plan_steps(len(encoded), settings)
+    targets = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in encoded]
+    stream = micro_batches([len(e.input_ids) for e in encoded], settings.batch_size, settings.seed)
     loss_curve: list[float] = []
     completion_tokens = 0
-    for step in range(total_steps):
+    for step in range(total):
+        lr = settings.learning_rate * _lr_factor(step, total, warmup)
         for group in optimizer.param_groups:
-            group["lr"] = settings.learning_rate * _lr_factor(step, total_steps, warmup)
-        batches = [collate([encoded[i] for i in next(stream)], pad_id) for _ in range(settings.grad_accum)]
-        step_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-        step_loss = 0.0
-        for batch in batches:
-            batch = {k: v.to(dev) for k, v in batch.items()}
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            targets = batch["labels"][:, 1:]
-            keep = targets != IGNORE_INDEX
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum")
-            loss = nll / max(step_tokens, 1)
-            (scaler.scale(loss) if scaler else loss).backward()
-            step_loss += loss.item()
-        if scaler:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+            group["lr"] = lr
+        batches = [next(stream) for _ in range(settings.grad_accum)]
+        step_tokens = sum(targets[i] for batch in batches for i in batch)
+        shares = [process_share(b, accelerator.process_index, accelerator.num_processes) for b in batches]
+        nll = _forward_backward(accelerator, net, [[encoded[i] for i in s] for s in shares], pad_id, step_tokens)
+        grad_norm = accelerator.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        step_loss = accelerator.reduce(nll, "sum").item() / max(step_tokens, 1)
         loss_curve.append(step_loss)
         completion_tokens += step_tokens
-        if (step + 1) % max(settings.log_every, 1) == 0 or step + 1 == total_steps:
-            log(f"train: step {step + 1}/{total_steps} loss {step_loss:.4f} ({time.perf_counter() - started:.0f}s)")
+        accelerator.log({"train/loss": step_loss, "train/learning_rate": lr, "train/grad_norm": float(grad_norm)}, step=step + 1)
+        if (step + 1) % max(settings.log_every, 1) == 0 or step + 1 == total:
+            log(f"train: step {step + 1}/{total} loss {step_loss:.4f} ({time.perf_counter() - started:.0f}s)")
+    return loss_curve, completion_tokens
 
-    tail = loss_curve[-10:]
-    report = TrainReport(
-        steps=total_steps,
-        loss_curve=loss_curve,
-        final_loss=sum(tail) / len(tail),
-        completion_tokens=completion_tokens,
-        seconds=0.0,
-        adapter_dir=str(out_dir),
-        truncated=truncated,
-    )
-    model.eval()
-    with atomic_output_dir(out_dir) as tmp:
-        model.save_pretrained(str(tmp))
-        report.seconds = time.perf_counter() - started
-        (tmp / "training_report.json").write_text(json.dumps(asdict(report), indent=1))
-    log(f"train: adapter saved to {out_dir} (final loss {report.final_loss:.4f}, {report.seconds:.0f}s)")
-    return report
+
+def _forward_backward(accelerator, net, shares: list[list[EncodedExample]], pad_id: int, step_tokens: int) -> torch.Tensor:
+    """Gradients of this process's shares of one step's micro-batches; returns their summed NLL (detached).
+
+    Each share's NLL is divided by the step's completion tokens over all processes and multiplied by the number of
+    processes, which DDP and FSDP divide by again when they average the gradients: the step's gradient is that of
+    the mean over all its completion tokens. Gradients are synchronised after the last micro-batch only.
+    """
+    scale = accelerator.num_processes / max(step_tokens, 1)
+    total = torch.zeros((), device=accelerator.device)
+    for k, rows in enumerate(shares):
+        # a process whose share is empty (a batch smaller than the process count) still joins the gradient sync
+        rows = rows or [EncodedExample(input_ids=[pad_id], labels=[IGNORE_INDEX], truncated=False)]
+        batch = {key: value.to(accelerator.device) for key, value in collate(rows, pad_id).items()}
+        with contextlib.nullcontext() if k == len(shares) - 1 else accelerator.no_sync(net):
+            nll = net(**batch)
+            accelerator.backward(nll * scale)
+        total += nll.detach()
+    return total
+
+
+def _save(accelerator, net, out_dir, report: TrainReport, started: float) -> None:
+    """Write the adapter and training_report.json atomically; every process must call this (FSDP gathers).
+    The report in the folder leaves out the seconds and the folder's own path: the checkpoint id is a hash of
+    the folder, and the same training must give the same id."""
+    state = accelerator.get_state_dict(net)  # the full (unsharded) weights, on the main process
+    if accelerator.is_main_process:
+        peft_model = accelerator.unwrap_model(net).model
+        with atomic_output_dir(out_dir) as tmp:
+            peft_model.save_pretrained(str(tmp), state_dict={k.removeprefix("model."): v for k, v in state.items()})
+            report.seconds = time.perf_counter() - started
+            stable = {k: v for k, v in asdict(report).items() if k not in ("seconds", "adapter_dir")}
+            (tmp / "training_report.json").write_text(json.dumps(stable, indent=1))
+    accelerator.wait_for_everyone()

@@ -1,16 +1,22 @@
 """The warehouse: one Parquet file per table asset, and a DuckDB catalog of views over them.
 
-Layout under SRLM_HOME:
-    tables/<schema>/<name>.parquet   one file per table asset, key "<schema>/<name>" (e.g. iter_2/candidates)
-    warehouse.duckdb                 views only: <schema>.<name> per file, union views across iterations
-                                     (sql/views/*.sql), no table data, so writers never hold it for long
+Layout:
+    <storage>/tables/<schema>/<name>.parquet   one file per table asset, key "<schema>/<name>" (e.g.
+                                               iter_2/candidates); the storage is the home, another local
+                                               folder or an object store URI (srlm/storage.py)
+    <home>/warehouse.duckdb                    views only: <schema>.<name> per file, union views across
+                                               iterations (sql/views/*.sql), no table data, so writers never
+                                               hold it for long
+    <home>/storage.json                        which storage the views read (root and fsspec options), so
+                                               `srlm sql` opens it without the experiment config
 
-Parquet files are written atomically (temp file + fsync + rename): a crash never leaves a half file
-that later reads as complete.
+Parquet files are written atomically (srlm/storage.py): a crash never leaves a half file that later reads
+as complete.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -20,52 +26,74 @@ from typing import Any, Sequence
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from srlm.paths import SQL_DIR
+from srlm.storage import Storage
 
 CATALOG_FILE = "warehouse.duckdb"
+STORAGE_RECORD = "storage.json"
 TABLES_DIR = "tables"
 # Statement types `srlm sql` runs; an EXPLAIN runs only when the statement it explains is one of these.
 READ_ONLY_STATEMENTS = {"SELECT"}
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+Root = str | Path | Storage  # where tables/ lives: a Storage, or a local folder or URI (default options)
 
 
 class ReadOnlyViolation(ValueError):
     pass
 
 
-def table_path(home: str | Path, key: Sequence[str]) -> Path:
+def as_storage(root: Root) -> Storage:
+    return root if isinstance(root, Storage) else Storage(str(root))
+
+
+def _local_or_uri(storage: Storage, path: str) -> Path | str:
+    return Path(path) if storage.is_local else path
+
+
+def table_path(root: Root, key: Sequence[str]) -> Path | str:
+    """The table's file: a Path on a local storage, else its URI."""
     if len(key) != 2 or not all(_IDENT.match(part) for part in key):
         raise ValueError(f"table keys are <schema>/<name> in lower snake case, got {'/'.join(key)}")
-    return Path(home) / TABLES_DIR / key[0] / f"{key[1]}.parquet"
+    storage = as_storage(root)
+    return _local_or_uri(storage, storage.join(TABLES_DIR, key[0], f"{key[1]}.parquet"))
 
 
-def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_parquet_atomic(table: pa.Table, path: str | Path, storage: Storage | None = None) -> Path | str:
+    """Write a table atomically to a local path or a URI (`storage` gives a URI's fsspec options)."""
+    return (storage or Storage(str(path))).write_parquet(table, path)
 
 
-def list_tables(home: str | Path) -> dict[str, Path]:
-    """'schema.name' -> parquet path, for every committed table file."""
-    root = Path(home) / TABLES_DIR
+def list_tables(root: Root) -> dict[str, Path | str]:
+    """'schema.name' -> parquet path (or URI), for every committed table file."""
+    storage = as_storage(root)
     out = {}
-    for file in sorted(root.glob("*/*.parquet")):
-        schema, name = file.parent.name, file.stem
+    for file in storage.glob(storage.join(TABLES_DIR), "*/*.parquet"):
+        schema, name = file.rsplit("/", 2)[-2], file.rsplit("/", 1)[-1].removesuffix(".parquet")
         if _IDENT.match(schema) and _IDENT.match(name):
-            out[f"{schema}.{name}"] = file
+            out[f"{schema}.{name}"] = _local_or_uri(storage, file)
     return out
+
+
+def catalog_storage(home: str | Path) -> Storage:
+    """The storage the home's catalog reads (its record), or the home itself when there is no record."""
+    record = Path(home) / STORAGE_RECORD
+    if not record.is_file():
+        return Storage(str(home))
+    data = json.loads(record.read_text())
+    return Storage(data["root"], data["options"])
+
+
+def _record_storage(home: Path, storage: Storage) -> None:
+    text = json.dumps(storage.record(), sort_keys=True, indent=1) + "\n"
+    record = home / STORAGE_RECORD
+    if record.is_file() and record.read_text() == text:
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{STORAGE_RECORD}.", suffix=".tmp", dir=home)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, record)
 
 
 def _sql_literal(text: str) -> str:
@@ -89,7 +117,7 @@ def union_view_sql() -> dict[str, str]:
     return {file.stem: file.read_text() for file in sorted((SQL_DIR / "views").glob("*.sql"))}
 
 
-def _union_body(template: str, tables: dict[str, Path]) -> str | None:
+def _union_body(template: str, tables: dict[str, Path | str]) -> str | None:
     """Fill `{union:<table name>}` placeholders with a UNION ALL BY NAME over every schema holding that
     table; None when some placeholder has no table yet (the view is then not created)."""
     def expand(match: re.Match) -> str:
@@ -105,14 +133,18 @@ def _union_body(template: str, tables: dict[str, Path]) -> str | None:
         return None
 
 
-def refresh_catalog(home: str | Path) -> list[str]:
-    """(Re)create every view in warehouse.duckdb; returns the view names."""
+def refresh_catalog(home: str | Path, storage: Storage | None = None) -> list[str]:
+    """(Re)create every view in warehouse.duckdb over the tables of `storage` (default: the home itself),
+    and record that storage beside the catalog; returns the view names."""
     home = Path(home)
+    storage = storage or Storage(str(home))
     home.mkdir(parents=True, exist_ok=True)
-    tables = list_tables(home)
+    _record_storage(home, storage)
+    tables = list_tables(storage)
     created = []
     con = _connect(home / CATALOG_FILE, read_only=False)
     try:
+        storage.register(con)  # creating a view reads its file's schema
         con.execute("BEGIN")
         for key, file in tables.items():
             schema = key.split(".")[0]
@@ -204,25 +236,29 @@ def check_read_only(query: str) -> None:
         _check_statement(statement)
 
 
-def _lock_down(con: duckdb.DuckDBPyConnection, home: Path) -> None:
+def _lock_down(con: duckdb.DuckDBPyConnection, storage: Storage) -> None:
     """Second line of defence behind check_read_only: the catalog is opened read-only (no catalog writes),
-    and file access is limited to the Parquet tables, so nothing can write, read or install a file elsewhere."""
+    and file access is limited to the storage's tables folder, so nothing can read or install a file
+    elsewhere, nor write one outside it. An object store is registered read-only (srlm/storage.py), so
+    nothing is written there at all: DuckDB checks its URIs against allowed_directories like local paths."""
+    storage.register(con)
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
-    con.execute(f"SET allowed_directories = [{_sql_literal(str((home / TABLES_DIR).resolve()) + os.sep)}]")
+    con.execute(f"SET allowed_directories = [{_sql_literal(storage.allowed_directory(storage.join(TABLES_DIR)))}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
 
 
 def query_read_only(home: str | Path, query: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run a read-only query (with `?` parameters, if any) on the catalog: (column names, rows)."""
+    """Run a read-only query (with `?` parameters, if any) on the home's catalog: (column names, rows).
+    The storage its views read is the one recorded beside the catalog."""
     check_read_only(query)
     catalog = Path(home) / CATALOG_FILE
     if not catalog.is_file():
         raise FileNotFoundError(f"no warehouse yet at {catalog}: materialize some assets first (srlm run)")
     con = _connect(catalog, read_only=True)
     try:
-        _lock_down(con, Path(home))
+        _lock_down(con, catalog_storage(home))
         cursor = con.execute(query, params)
         columns = [d[0] for d in cursor.description] if cursor.description else []
         return columns, cursor.fetchall()

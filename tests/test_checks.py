@@ -236,7 +236,7 @@ def test_training_texts_checked_for_contamination():
 def test_completeness_checks_guard_every_evaluation(micro_config):
     cfg = load_config(micro_config({"experiment": {"iterations": 2}}))
     names = {(k.asset_key.to_user_string(), k.name) for c in checks.build_checks(cfg) for k in c.check_keys}
-    for asset in ["eval/base_model", "iter_0/eval", "iter_1/eval", "iter_2/eval"]:
+    for asset in ["eval/base_model", "sft/eval", "srlm_iter_0/eval", "srlm_likelihood_iter_1/eval", "srlm_likelihood_iter_2/eval"]:
         assert (asset, "complete") in names
     assert ("data/instructions", "rows_accounted") in names
 
@@ -277,6 +277,28 @@ def test_rows_accounted_reads_the_materialization_metadata(tmp_path, micro_confi
         assert "no 'read' metadata" in evaluation.description
 
 
+def test_decontamination_is_skipped_while_the_questions_are_not_materialized(tmp_path, micro_config):
+    """Materializing only the data assets: the check says why it did not run instead of failing the run."""
+    cfg = load_config(micro_config())
+    evaluation = materialize_with_check(tmp_path, cfg, instruction_stubs({"read": 3}), dg.AssetCheckKey(INSTRUCTIONS, "decontamination"))
+    assert evaluation.passed
+    assert evaluation.description == "skipped: eval/questions not materialized"
+    assert evaluation.metadata["not_materialized"].value == ["eval/questions"]
+
+
+def test_every_check_is_skipped_on_an_empty_warehouse(tmp_path, micro_config):
+    """Each check of the experiment, run with none of its tables materialized, passes saying so."""
+    all_checks = checks.build_checks(load_config(micro_config()))
+    job = dg.define_asset_job("checks_only", selection=dg.AssetSelection.all_asset_checks())
+    defs = dg.Definitions(asset_checks=all_checks, jobs=[job], resources={"warehouse": WarehouseResource(home=str(tmp_path / "home"))})
+    result = defs.resolve_job_def("checks_only").execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    evaluations = result.get_asset_check_evaluations()
+    assert result.success
+    assert len(evaluations) == sum(len(c.check_keys) for c in all_checks) > 10
+    assert all(e.passed and e.description.startswith("skipped: ") and e.metadata["skipped"].value for e in evaluations)
+    assert all(e.asset_key.to_user_string() in e.metadata["not_materialized"].value for e in evaluations)
+
+
 class StubEvalConfig(dg.Config):
     samples: list[int] = [1, 2, 4]
 
@@ -286,7 +308,7 @@ def eval_stubs(ns: list[int]) -> list:
     def stub_questions():
         return questions(("gsm8k", "g1", True), ("mmlu", "m1", True))
 
-    @dg.asset(key=key(0, "eval"), deps=[QUESTIONS])
+    @dg.asset(key=key("srlm_iter_0", "eval"), deps=[QUESTIONS])
     def stub_eval(config: StubEvalConfig):
         return evals(*[("gsm8k", "g1", n, True) for n in ns], ("mmlu", "m1", 1, False))
 
@@ -295,10 +317,10 @@ def eval_stubs(ns: list[int]) -> list:
 
 def test_eval_complete_expects_the_n_values_launched_with(tmp_path, micro_config):
     cfg = load_config(micro_config({"eval": {"samples": [1, 2, 4], "benchmarks": {"gsm8k": {"limit": 1}, "mmlu": {"limit": 1}}}}))
-    check = dg.AssetCheckKey(key(0, "eval"), "complete")
+    check = dg.AssetCheckKey(key("srlm_iter_0", "eval"), "complete")
     assert materialize_with_check(tmp_path, cfg, eval_stubs([1, 2, 4]), check).passed
     # launched with other N: the run's N values are the ones expected, not the config's
-    launched = {"ops": {"iter_0__eval": {"config": {"samples": [1, 8]}}}}
+    launched = {"ops": {"srlm_iter_0__eval": {"config": {"samples": [1, 8]}}}}
     assert materialize_with_check(tmp_path, cfg, eval_stubs([1, 8]), check, launched).passed
     failed = materialize_with_check(tmp_path, cfg, eval_stubs([1]), check, launched)
     assert not failed.passed

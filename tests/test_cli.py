@@ -1,6 +1,7 @@
 """The srlm command: sql output formats and refusals (run and ui are covered end to end)."""
 
 import json
+import re
 
 import pyarrow as pa
 import pytest
@@ -63,3 +64,32 @@ def test_run_with_a_bad_config_exits_2(tmp_path, capsys):
 def test_format_table_clips_long_cells():
     text = format_table(["t"], [("x" * 100,)], max_width=10)
     assert "xxxxxxxxx…" in text
+
+
+def test_selecting_one_output_of_a_multi_asset_selects_the_whole_step(micro_config):
+    """data/instructions and data/instructions_rejected are written by one step: selecting one runs both."""
+    import dagster as dg
+
+    from definitions import build_definitions
+    from srlm.cli import whole_multi_assets
+    from srlm.config import load_config
+
+    graph = build_definitions(load_config(micro_config())).resolve_asset_graph()
+    instructions, rejected = dg.AssetKey(["data", "instructions"]), dg.AssetKey(["data", "instructions_rejected"])
+    base = dg.AssetKey(["model", "base"])
+    assert whole_multi_assets(graph, {instructions}) == ([instructions, rejected], [rejected])
+    assert whole_multi_assets(graph, {base}) == ([base], [])
+
+
+def test_run_of_one_data_output_says_what_else_it_runs(micro_config, capsys):
+    """No DagsterInvalidSubsetError: the selection grows to the whole step, in one line (the step itself
+    then fails here, as the base model it reads was never materialized)."""
+    assert main(["run", "--config", str(micro_config()), "--select", "key:data/instructions"]) == 1
+    out, err = capsys.readouterr()
+    assert "srlm: also selected data/instructions_rejected (computed in one step with the selection)" in out
+    assert re.search(r"failed at (data/)?instructions\b", err)
+
+
+def test_run_with_an_invalid_selection_exits_2(micro_config, capsys):
+    assert main(["run", "--config", str(micro_config()), "--select", "key:"]) == 2
+    assert "--select 'key:': Invalid selection string" in capsys.readouterr().err

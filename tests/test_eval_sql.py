@@ -11,13 +11,17 @@ from srlm.sqlfiles import run_sql
 from srlm.voting import majority_vote
 
 CHECKPOINTS = {-1: "base-0", 0: "M0-a", 1: "M1-b"}
+ARMS = {-1: "base", 0: "srlm", 1: "srlm/likelihood"}
 
 
-def rows(iteration: int, benchmark: str, protocol: str, n: int, correct: list[bool]) -> list[dict]:
+def rows(iteration: int, benchmark: str, protocol: str, n: int, correct: list[bool],
+         correct_norm: list[bool] | None = None) -> list[dict]:
+    """evals rows; correct_norm is null unless given (the generate protocol has none)."""
+    norms = correct_norm if correct_norm is not None else [None] * len(correct)
     return [
-        {"checkpoint_id": CHECKPOINTS[iteration], "iteration": iteration, "benchmark": benchmark, "protocol": protocol,
-         "question_id": f"{benchmark}/{i}", "n_samples": n, "correct": ok}
-        for i, ok in enumerate(correct)
+        {"checkpoint_id": CHECKPOINTS[iteration], "arm": ARMS[iteration], "iteration": iteration, "benchmark": benchmark, "protocol": protocol,
+         "question_id": f"{benchmark}/{i}", "n_samples": n, "correct": ok, "correct_norm": norm}
+        for i, (ok, norm) in enumerate(zip(correct, norms, strict=True))
     ]
 
 
@@ -31,6 +35,7 @@ def table(all_rows: list[dict]) -> pa.Table:
 # (accuracy at N=1, accuracy at N=4) per iteration
 GSM = {-1: ([1, 0, 0, 0], [1, 1, 0, 0]), 0: ([1, 1, 0, 0], [1, 1, 1, 0]), 1: ([0, 0, 0, 1], [1, 1, 1, 1])}
 ARC = {-1: [0, 0], 0: [1, 0], 1: [1, 1]}
+ARC_NORM = {-1: [1, 0], 0: [1, 1], 1: [0, 1]}  # acc_norm's verdicts on the same questions
 
 
 def summary_input() -> pa.Table:
@@ -39,39 +44,44 @@ def summary_input() -> pa.Table:
         out += rows(t, "gsm8k", "generate", 1, [bool(x) for x in at_1])
         out += rows(t, "gsm8k", "generate", 4, [bool(x) for x in at_4])
     for t, correct in ARC.items():
-        out += rows(t, "arc_challenge", "loglikelihood", 1, [bool(x) for x in correct])
+        out += rows(t, "arc_challenge", "loglikelihood", 1, [bool(x) for x in correct], [bool(x) for x in ARC_NORM[t]])
     return table(out)
 
 
-def test_summary_accuracy_per_checkpoint_and_benchmark_with_deltas():
+def test_summary_accuracy_per_checkpoint_and_benchmark_with_intervals():
     got = run_sql("eval_summary", {"evals": summary_input()}).to_pylist()
-    columns = ("checkpoint_id", "iteration", "benchmark", "protocol", "questions", "accuracy", "max_samples",
-               "accuracy_at_max_samples", "delta_previous", "delta_base")
-    assert [tuple(r[c] for c in columns[:5]) for r in got] == [
-        ("base-0", -1, "arc_challenge", "loglikelihood", 2),
-        ("M0-a", 0, "arc_challenge", "loglikelihood", 2),
-        ("M1-b", 1, "arc_challenge", "loglikelihood", 2),
-        ("base-0", -1, "gsm8k", "generate", 4),
-        ("M0-a", 0, "gsm8k", "generate", 4),
-        ("M1-b", 1, "gsm8k", "generate", 4),
+    columns = ("checkpoint_id", "arm", "iteration", "benchmark", "protocol", "questions", "accuracy", "accuracy_norm",
+               "max_samples", "accuracy_at_max_samples", "delta_base")
+    assert [tuple(r[c] for c in columns[:6]) for r in got] == [
+        ("base-0", "base", -1, "arc_challenge", "loglikelihood", 2),
+        ("M0-a", "srlm", 0, "arc_challenge", "loglikelihood", 2),
+        ("M1-b", "srlm/likelihood", 1, "arc_challenge", "loglikelihood", 2),
+        ("base-0", "base", -1, "gsm8k", "generate", 4),
+        ("M0-a", "srlm", 0, "gsm8k", "generate", 4),
+        ("M1-b", "srlm/likelihood", 1, "gsm8k", "generate", 4),
     ]
-    numbers = [tuple(r[c] for c in columns[5:]) for r in got]
+    numbers = [tuple(r[c] for c in columns[6:]) for r in got]
     expected = [
-        # accuracy (smallest N), max N, accuracy at max N, delta vs previous iteration, delta vs base
-        (0.0, 1, 0.0, None, None),  # the base model has neither a previous row nor a base to compare with
-        (0.5, 1, 0.5, 0.5, 0.5),
-        (1.0, 1, 1.0, 0.5, 1.0),
-        (0.25, 4, 0.5, None, None),
-        (0.5, 4, 0.75, 0.25, 0.25),
-        (0.25, 4, 1.0, -0.25, 0.0),  # fell back to the base model's accuracy at N=1, gained at N=4
+        # accuracy (smallest N), accuracy_norm, max N, accuracy at max N, delta vs base
+        (0.0, 0.5, 1, 0.0, None),  # the base model has no base to compare with
+        (0.5, 1.0, 1, 0.5, 0.5),
+        (1.0, 0.5, 1, 1.0, 1.0),
+        (0.25, None, 4, 0.5, None),  # generate: no acc_norm
+        (0.5, None, 4, 0.75, 0.25),
+        (0.25, None, 4, 1.0, 0.0),  # the base model's accuracy at N=1, a gain at N=4
     ]
     assert numbers == [tuple(pytest.approx(x) if x is not None else None for x in row) for row in expected]
+    # the Wilson interval of 1 correct out of 4: [0.046, 0.699] (textbook value), around but not centred on 0.25
+    gsm_base = got[3]
+    assert (gsm_base["accuracy_low"], gsm_base["accuracy_high"]) == (pytest.approx(0.0456, abs=1e-3), pytest.approx(0.6994, abs=1e-3))
+    assert all(r["accuracy_low"] - 1e-12 <= r["accuracy"] <= r["accuracy_high"] + 1e-12 for r in got)
 
 
 def test_summary_accuracy_is_at_the_smallest_n_when_it_is_not_one():
     evals = table(rows(-1, "gsm8k", "generate", 2, [True, False]) + rows(-1, "gsm8k", "generate", 8, [True, True]))
     (row,) = run_sql("eval_summary", {"evals": evals}).to_pylist()
     assert (row["accuracy"], row["max_samples"], row["accuracy_at_max_samples"]) == (0.5, 8, 1.0)
+    assert row["accuracy_norm"] is None  # generate rows only: correct_norm is null throughout
 
 
 # sampled answers per question (gold "7"), in sampling order: the row of N votes over the first N
@@ -87,14 +97,14 @@ def voted_rows(iteration: int, ns: tuple[int, ...]) -> list[dict]:
     for n in ns:
         for qid, preds in SAMPLES.items():
             vote = majority_vote(preds[:n])
-            out.append({"checkpoint_id": CHECKPOINTS[iteration], "iteration": iteration, "benchmark": "gsm8k",
+            out.append({"checkpoint_id": CHECKPOINTS[iteration], "arm": ARMS[iteration], "iteration": iteration, "benchmark": "gsm8k",
                         "protocol": "generate", "question_id": qid, "n_samples": n, "prediction": vote,
                         "correct": vote == "7", "sample_predictions": preds[:n]})
     return out
 
 
 def test_scaling_accuracy_vs_n_of_the_majority_votes():
-    loglikelihood = [{"checkpoint_id": "M0-a", "iteration": 0, "benchmark": "mmlu", "protocol": "loglikelihood",
+    loglikelihood = [{"checkpoint_id": "M0-a", "arm": "srlm", "iteration": 0, "benchmark": "mmlu", "protocol": "loglikelihood",
                       "question_id": "mmlu/0", "n_samples": 1, "prediction": "A", "correct": True, "sample_predictions": ["A"]}]
     evals = table(voted_rows(0, (1, 2, 4)) + voted_rows(-1, (1, 4)) + loglikelihood)
     got = run_sql("eval_scaling", {"evals": evals}).to_pylist()

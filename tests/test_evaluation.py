@@ -5,7 +5,14 @@ from conftest import FIXTURE_KIT
 
 from srlm.benchmarks import Question, generation_messages, loglikelihood_requests, read_benchmark
 from srlm.engines.types import Completion, GenerationOutput, LogProb
-from srlm.evaluation import EvalSettings, accuracy_at_smallest_n, evaluate, evaluate_generate, evaluate_loglikelihood
+from srlm.evaluation import (
+    EvalSettings,
+    acc_norm_choice,
+    accuracy_at_smallest_n,
+    evaluate,
+    evaluate_generate,
+    evaluate_loglikelihood,
+)
 
 ARC = Question("arc_challenge", "arc_challenge/q1", "", "Which is a planet?", ("Moon", "Mars", "Sun", "Comet"),
                ("A", "B", "C", "D"), "B", 1)
@@ -67,6 +74,28 @@ def test_loglikelihood_picks_the_highest_total_logprob():
     assert first["completion"] == "Mars" and first["gold"] == "B" and first["sample_predictions"] == ["B"]
     assert (first["protocol"], first["n_samples"], first["benchmark"]) == ("loglikelihood", 1, "arc_challenge")
     assert rows[1]["gold"] == "3" and rows[1]["completion"] == "sand"
+    # acc_norm divides by the option's length in characters: Mars -4/4 stays best, sand -1/4 too; MMLU's " A".." D"
+    # are all one character long, so there acc_norm is acc
+    assert [(r["prediction_norm"], r["correct_norm"]) for r in rows] == [("B", True), ("1", False), ("B", True)]
+
+
+def test_acc_norm_can_disagree_with_acc():
+    hella = Question("hellaswag", "hellaswag/7", "", "A man", ("ab", "abcd"), ("A", "B"), "B", 1)
+    engine = FakeEngine(logprobs=choice_table(hella, [(-3.0, 2), (-5.5, 3)]))
+    (row,) = evaluate_loglikelihood([hella], engine, None)
+    assert (row["prediction"], row["correct"]) == ("A", False)  # -3.0 > -5.5
+    assert (row["prediction_norm"], row["correct_norm"]) == ("B", True)  # -3.0/2 < -5.5/4
+
+
+def test_acc_norm_choice_is_the_harness_rule():
+    # per character of the choice, without the " " the continuation starts with: -1.5 vs -1.375 (dividing by the
+    # continuation's length, " ab" and " abcd", would pick the first: -1.0 vs -1.1)
+    assert acc_norm_choice([-3.0, -5.5], [" ab", " abcd"]) == 1
+    # characters, not UTF-8 bytes: "éé" is 2 characters (4 bytes): -1.1 vs -1.0 (bytes would give -0.55 vs -1.0)
+    assert acc_norm_choice([-2.2, -3.0], [" éé", " abc"]) == 1
+    # ties: the first index, as np.argmax; a choice that starts with a space keeps it (only the delimiter goes)
+    assert acc_norm_choice([-2.0, -2.0], [" ab", " cd"]) == 0
+    assert acc_norm_choice([-2.0, -4.0], ["  b", " bbb"]) == 0  # " b" is 2 characters: -1.0 vs -1.33
 
 
 def test_loglikelihood_without_questions_asks_nothing():
@@ -120,6 +149,7 @@ def test_generate_votes_over_the_first_n_samples():
     assert [r["completion"] for r in gsm_rows] == [texts[0], texts[1], texts[1]]
     for r in gsm_rows:
         assert (r["protocol"], r["gold"], r["benchmark"], r["choice_logprobs"]) == ("generate", "42", "gsm8k", None)
+        assert (r["prediction_norm"], r["correct_norm"]) == (None, None)
 
 
 def test_generate_all_unreadable_answers_vote_none_and_are_wrong():
@@ -173,7 +203,7 @@ def test_evaluate_end_to_end_with_the_tiny_model():
     rows = evaluate(questions, protocols, engine, None, settings, log=logs.append)
     assert len(rows) == 3 * 2 + 2 + 2 and len(logs) == 3
     columns = {"benchmark", "question_id", "protocol", "n_samples", "prediction", "correct", "gold", "completion",
-               "sample_predictions", "choice_logprobs"}
+               "sample_predictions", "choice_logprobs", "prediction_norm", "correct_norm"}
     assert all(set(r) == columns for r in rows)
     gen = [r for r in rows if r["benchmark"] == "gsm8k"]
     assert [(r["question_id"], r["n_samples"]) for r in gen] == [(q.question_id, n) for q in questions["gsm8k"] for n in (1, 2)]
@@ -188,6 +218,9 @@ def test_evaluate_end_to_end_with_the_tiny_model():
         assert all(math.isfinite(x) and x < 0 for x in r["choice_logprobs"])
         best = max(range(len(q.choices)), key=r["choice_logprobs"].__getitem__)
         assert r["prediction"] == q.labels[best] and r["correct"] == (best == q.gold_index)
+        choice_text = q.labels if q.benchmark == "mmlu" else q.choices  # what the continuation says after " "
+        norm = max(range(len(q.choices)), key=lambda i: r["choice_logprobs"][i] / len(choice_text[i]))
+        assert r["prediction_norm"] == q.labels[norm] and r["correct_norm"] == (norm == q.gold_index)
     # deterministic: the same seed gives the same rows
     assert evaluate(questions, protocols, engine, None, settings) == rows
     again = evaluate_loglikelihood(questions["mmlu"], engine, None)

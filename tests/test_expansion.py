@@ -127,10 +127,10 @@ def test_interrupted_run_resumes_only_unfinished_shards(reference, model_dir, tm
 
 
 def test_a_crash_while_writing_leaves_no_partial_shard(reference, model_dir, tmp_path, monkeypatch):
-    import srlm.warehouse
+    import srlm.storage
 
     folder = tmp_path / "shards"
-    real_write = srlm.warehouse.pq.write_table
+    real_write = srlm.storage.pq.write_table
     writes = []
 
     def failing_write(table, where, **kw):
@@ -140,11 +140,11 @@ def test_a_crash_while_writing_leaves_no_partial_shard(reference, model_dir, tmp
             raise OSError("disk full")
         return real_write(table, where, **kw)
 
-    monkeypatch.setattr(srlm.warehouse.pq, "write_table", failing_write)
+    monkeypatch.setattr(srlm.storage.pq, "write_table", failing_write)
     with pytest.raises(OSError, match="disk full"):
         expand(TASKS, Counting(fresh_engine(model_dir)), SETTINGS, folder, "run-1")
     assert shard_files(folder) == ["shard-00000.parquet"]  # no half-written shard, no temp file
-    monkeypatch.setattr(srlm.warehouse.pq, "write_table", real_write)
+    monkeypatch.setattr(srlm.storage.pq, "write_table", real_write)
 
     engine = Counting(fresh_engine(model_dir))
     table, counts = expand(TASKS, engine, SETTINGS, folder, "run-2")

@@ -103,3 +103,12 @@ def test_the_warehouse_resource_reads_tables_and_names_missing_ones(tmp_path):
     materialize(tmp_path, stub_table)
     assert warehouse.read(KEY.path)["n_tokens"].to_list() == [4, 5, 6]
     assert warehouse.tables() == {"data.stub": tmp_path / "tables" / "data" / "stub.parquet"}
+
+
+def test_tables_can_live_in_another_folder_than_the_home(tmp_path):
+    home, elsewhere = tmp_path / "home", tmp_path / "storage"
+    place = {"home": str(home), "storage_root": str(elsewhere)}
+    dg.materialize([stub_table], resources={"io_manager": ParquetIOManager(**place)}, instance=dg.DagsterInstance.ephemeral())
+    assert not (home / "tables").exists() and (home / "warehouse.duckdb").is_file()
+    assert WarehouseResource(**place).tables() == {"data.stub": elsewhere / "tables" / "data" / "stub.parquet"}
+    assert query_read_only(home, "select count(*) from data.stub")[1] == [(3,)]

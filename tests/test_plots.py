@@ -27,10 +27,14 @@ SCORES = pl.DataFrame(
         "consistency": [0.5, 0.4, 0.9, float("nan")],
     }
 )
-SUMMARY = pl.DataFrame({"iteration": [-1, 0, 1, -1, 0, 1], "benchmark": ["gsm8k"] * 3 + ["mmlu"] * 3,
-                        "accuracy": [0.1, 0.2, 0.25, 0.3, 0.3, 0.35]})
-SCALING = pl.DataFrame({"iteration": [0, 0, 1, 1], "benchmark": ["gsm8k"] * 4, "n_samples": [1, 4, 1, 4],
-                        "accuracy": [0.2, 0.3, 0.25, 0.4]})
+SUMMARY = pl.DataFrame({
+    "arm": ["base", "srlm", "srlm/likelihood", "sft"] * 2,
+    "iteration": [-1, 0, 1, 0] * 2,
+    "benchmark": ["gsm8k"] * 4 + ["mmlu"] * 4,
+    "accuracy": [0.1, 0.2, 0.25, 0.15, 0.3, 0.3, 0.35, 0.32],
+}).with_columns(accuracy_low=pl.col("accuracy") - 0.05, accuracy_high=pl.col("accuracy") + 0.05)
+SCALING = pl.DataFrame({"arm": ["srlm", "srlm", "srlm/likelihood", "srlm/likelihood"], "iteration": [0, 0, 1, 1],
+                        "benchmark": ["gsm8k"] * 4, "n_samples": [1, 4, 1, 4], "accuracy": [0.2, 0.3, 0.25, 0.4]})
 
 CASES = {
     "rationale_lengths": (plots.rationale_lengths, EXAMPLES),
@@ -62,7 +66,7 @@ def test_each_plot_draws_an_empty_table(name):
 
 def test_a_plot_shows_its_data():
     one = decoded(plots.accuracy_by_iteration(SUMMARY)).convert("L")
-    other = decoded(plots.accuracy_by_iteration(SUMMARY.with_columns(pl.col("accuracy") * 2))).convert("L")
+    other = decoded(plots.accuracy_by_iteration(SUMMARY.with_columns(pl.col("accuracy", "accuracy_low", "accuracy_high") * 2))).convert("L")
     assert one.tobytes() != other.tobytes()
 
 
@@ -109,3 +113,17 @@ def test_plots_use_the_configured_selectors():
     from srlm.config import SELECTORS
 
     assert plots.SELECTORS is SELECTORS
+
+
+def test_each_arm_is_drawn_along_its_chain():
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    original = plt.Axes.errorbar
+    try:
+        plt.Axes.errorbar = lambda self, x, y, **kw: drawn.append((kw["label"], [round(v) for v in x], y)) or original(self, x, y, **kw)
+        plots.accuracy_by_iteration(SUMMARY.filter(pl.col("benchmark") == "gsm8k"))
+    finally:
+        plt.Axes.errorbar = original
+    # srlm/likelihood passes through the base model and the shared M0; sft starts from the base model
+    assert drawn == [("sft", [-1, 0], [0.1, 0.15]), ("srlm/likelihood", [-1, 0, 1], [0.1, 0.2, 0.25])]

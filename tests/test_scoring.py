@@ -60,7 +60,7 @@ GAINS = {E1_TEXTS["c1"]: 0.5, E1_TEXTS["c2"]: 1.25, E1_TEXTS["c3"]: -0.75, "six 
 
 def run(items=ITEMS, adapter="ckpt/adapter"):
     engine = FakeScorer({"What is 6 * 7?": -2.0, "Name a colour.": -3.0}, GAINS)
-    table = score(items, REFS, engine, iteration=2, adapter=adapter, ngram=NGRAM, max_repeated_fraction=MAX_REPEATED)
+    table = score(items, REFS, engine, iteration=2, arm="srlm/likelihood", adapter=adapter, ngram=NGRAM, max_repeated_fraction=MAX_REPEATED)
     return engine, table, {(r["candidate_id"], r["role"]): r for r in table.to_pylist()}
 
 
@@ -158,7 +158,7 @@ def test_with_the_tiny_real_model():
         Scorable("pa", "a", "parent", "", "stop"),
         Scorable("pb", "b", "parent", "A river.", "stop"),
     ]
-    table = score(items, refs, engine, iteration=1, adapter=None, ngram=2, max_repeated_fraction=0.3)
+    table = score(items, refs, engine, iteration=1, arm="srlm", adapter=None, ngram=2, max_repeated_fraction=0.3)
     rows = {r["candidate_id"]: r for r in table.to_pylist()}
     assert table.num_rows == 6 and table.schema == SCORE_SCHEMA
     assert rows["a3"]["length"] == -math.inf and rows["a3"]["degenerate"].startswith("repetition")

@@ -9,12 +9,12 @@ from srlm.warehouse import refresh_catalog
 
 
 def candidate(cid, parent, iteration, checkpoint, text, sample):
-    return {"candidate_id": cid, "example_id": "e1", "iteration": iteration, "parent_id": parent,
+    return {"candidate_id": cid, "arm": "srlm/likelihood", "example_id": "e1", "iteration": iteration, "parent_id": parent,
             "checkpoint_id": checkpoint, "text": text, "sample_index": sample}
 
 
 def score(cid, iteration, role, length, likelihood):
-    return {"candidate_id": cid, "example_id": "e1", "iteration": iteration, "role": role,
+    return {"candidate_id": cid, "arm": "srlm/likelihood", "example_id": "e1", "iteration": iteration, "role": role,
             "length": length, "likelihood": likelihood, "consistency": 0.5}
 
 
@@ -36,7 +36,7 @@ def home(tmp_path):
 
 
 def test_the_story_walks_back_to_the_example_and_shows_the_scoreboard(home):
-    story = rationale_story(home, "b1", "likelihood")
+    story = rationale_story(home, "b1", "likelihood", "srlm_likelihood_iter_2")
     assert "Add 2 and 3." in story and "two plus three" in story  # the example and D0's own rationale
     chain = [line for line in story.splitlines() if line.startswith(("| D0", "| 1 ", "| 2 "))]
     assert [line.split(" | ")[0] for line in chain] == ["| D0", "| 1", "| 2"]  # oldest first
@@ -46,8 +46,8 @@ def test_the_story_walks_back_to_the_example_and_shows_the_scoreboard(home):
     assert set(board) == {"| parent", "| sample 0", "| sample 1"}
     assert board["| sample 0"].endswith("**yes** |") and "**yes**" not in board["| sample 1"]
     assert "-inf" in board["| sample 1"]  # the degenerate sibling that was not kept, despite its likelihood
-    assert "trains M2 through `iter_2/training_examples`" in story
+    assert "trains M2 through `srlm_likelihood_iter_2/training_examples`" in story
 
 
 def test_an_unknown_candidate_says_so(home):
-    assert "no candidate nope" in rationale_story(home, "nope", "length")
+    assert "no candidate nope" in rationale_story(home, "nope", "length", "srlm_length_iter_1")

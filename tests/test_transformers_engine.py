@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_model import tiny_adapter_dir, tiny_chats, tiny_model_dir
 
-from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig, encode_pair
 from srlm.engines.types import SamplingParams
 
 
@@ -93,6 +93,19 @@ def test_stop_strings(engine):
     assert first.n_tokens < base[0].completions[0].n_tokens or base[0].completions[0].finish_reason == "length"
 
 
+def test_rows_that_end_early_leave_the_batch_without_changing_the_others(engine):
+    """A prompt near the context limit has a small budget: it ends first, and the batch drops it (the cache
+    is copied without it); every row must still be what it is decoded alone."""
+    filler = " ".join(["apples"] * 400)
+    near_limit = engine.tokenizer.decode(engine.tokenizer(filler)["input_ids"][: engine.max_length - 6])
+    prompts = [near_limit] + chats(4)
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=24, seed=5)
+    together = engine.generate(prompts, params)
+    assert together[0].completions[0].n_tokens <= 6 < max(c.n_tokens for o in together[1:] for c in o.completions)
+    for prompt, out in zip(prompts, together):
+        assert engine.generate([prompt], params)[0].completions == out.completions
+
+
 def test_too_long_prompt_names_its_index(engine):
     long = "word " * (engine.max_length + 10)
     with pytest.raises(ValueError, match="prompt 1 "):
@@ -131,6 +144,39 @@ def test_logprobs_match_manual_and_batching(engine):
         assert a.n_tokens == b.n_tokens and abs(a.total - b.total) < 1e-4
 
 
+def _tokens_run(engine):
+    """A counter of the token positions the model runs (padding included), through a hook on its embedding."""
+    counted = [0]
+    handle = engine.model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: counted.__setitem__(0, counted[0] + args[0].numel())
+    )
+    return counted, handle
+
+
+def test_shared_contexts_score_like_separate_sequences(engine):
+    """Multiple-choice style requests (one context, several continuations) run each context once, and score
+    what a separate forward pass per request scores. One question has more choices than batch_size (5)."""
+    choices = [chat[1]["content"] for chat in tiny_chats(4, seed=12)]
+    questions = [[(engine.render_chat(chat[:1]), c) for c in choices] for chat in tiny_chats(5, seed=11)]
+    questions.append([("The quiet river", f" is {adj}.") for adj in ("near", "old", "red", "fast", "calm", "big", "x")])
+    requests = [r for q in questions for r in q]
+    counted, handle = _tokens_run(engine)
+    try:
+        got = engine.logprobs(requests + [("The green forest", " is quiet.")])
+    finally:
+        handle.remove()
+    expected = [_manual_logprob(engine, c, t) for c, t in requests + [("The green forest", " is quiet.")]]
+    for lp, (total, n) in zip(got, expected):
+        assert lp.n_tokens == n and lp.total == pytest.approx(total, abs=1e-4)
+    start = 0
+    for q in questions:  # the same choice per question
+        new, old = got[start : start + len(q)], expected[start : start + len(q)]
+        assert max(range(len(q)), key=lambda i: new[i].total) == max(range(len(q)), key=lambda i: old[i][0])
+        start += len(q)
+    separately = sum(len(engine.tokenizer(c + t, add_special_tokens=False)["input_ids"]) for c, t in requests)
+    assert counted[0] < 0.8 * separately  # one pass per request would run more than all of them (padding)
+
+
 def test_logprobs_edge_cases(engine):
     empty = engine.logprobs([("context", "")])[0]
     assert (empty.total, empty.n_tokens) == (0.0, 0)
@@ -159,6 +205,38 @@ def test_adapter_changes_outputs_and_none_returns_to_base(engine):
     # loaded once, reused
     engine.generate(prompts[:1], params, adapter=adapter)
     assert len(engine._adapters) == 1
+
+
+def _fresh_adapter(path, use_dora: bool) -> str:
+    """A LoRA (or DoRA) adapter on the tiny model with random, non-zero weights everywhere."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir()))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=use_dora, init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_merged_adapter_scores_like_peft_and_leaves_the_base_untouched(engine, tmp_path, use_dora):
+    adapter = _fresh_adapter(tmp_path / "lora", use_dora)
+    name = engine._adapter_name(adapter)  # loaded (peft wraps the layers) before the weights are compared
+    before = {k: v.clone() for k, v in engine.model.state_dict().items() if "lora" not in k}
+    request = (engine.render_chat(chats(1)[0]), "The green forest is quiet.")
+    merged = engine.logprobs([request], adapter=adapter)[0]
+    engine.generate(chats(2), SamplingParams(temperature=0, max_new_tokens=4), adapter=adapter)
+    after = {k: v for k, v in engine.model.state_dict().items() if "lora" not in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # restored exactly, no unmerge rounding
+    # peft's own (unmerged) forward with the adapter active
+    engine._peft.set_adapter(name, inference_mode=True)
+    ctx, cont = encode_pair(engine.tokenizer, *request)
+    with torch.no_grad():
+        logp = torch.log_softmax(engine._peft(input_ids=torch.tensor([ctx + cont[:-1]])).logits[0].float(), dim=-1)
+    unmerged = sum(float(logp[len(ctx) - 1 + k, t]) for k, t in enumerate(cont))
+    assert merged.total == pytest.approx(unmerged, abs=1e-4)
+    assert abs(merged.total - engine.logprobs([request])[0].total) > 1e-3  # the adapter does change the score
 
 
 class _CharTokenizer:

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from srlm import warehouse
+from srlm import storage, warehouse
+from srlm.storage import Storage
 from srlm.warehouse import ReadOnlyViolation, query_read_only, refresh_catalog, table_path, write_parquet_atomic
 
 
@@ -18,6 +19,7 @@ def candidates(iteration, rows):
     return pa.table(
         {
             "candidate_id": [r[0] for r in rows],
+            "arm": ["srlm/likelihood"] * len(rows),
             "example_id": [r[1] for r in rows],
             "iteration": [iteration] * len(rows),
             "parent_id": [r[2] for r in rows],
@@ -52,7 +54,7 @@ def test_a_crash_mid_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkey
         where.write(b"PAR1 half a file")
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(warehouse.pq, "write_table", crash)
+    monkeypatch.setattr(storage.pq, "write_table", crash)
     with pytest.raises(KeyboardInterrupt):
         write_parquet_atomic(pa.table({"a": [2, 3]}), path)
     monkeypatch.undo()
@@ -180,6 +182,21 @@ def test_the_connection_reads_no_file_outside_the_tables(home, tmp_path_factory,
     secret.write_text("a\n1\n")
     with pytest.raises(duckdb.Error, match="file system operations are disabled"):
         query_read_only(home, f"select * from read_csv('{secret}')")
+
+
+def test_with_tables_in_another_folder_only_those_are_readable(tmp_path, unchecked):
+    home, elsewhere = tmp_path / "home", Storage(str(tmp_path / "storage"))
+    put(elsewhere, ("data", "t"), pa.table({"a": [1]}))
+    put(home, ("data", "old"), pa.table({"a": [2]}))  # the home's own tables/ is not where the catalog reads
+    refresh_catalog(home, elsewhere)
+    assert query_read_only(home, "select a from data.t")[1] == [(1,)]
+    with pytest.raises(duckdb.Error, match="file system operations are disabled"):
+        query_read_only(home, f"select * from read_parquet('{table_path(home, ('data', 'old'))}')")
+
+
+def test_a_catalog_without_a_storage_record_reads_the_home(home):
+    (home / warehouse.STORAGE_RECORD).unlink()  # a home from before the record
+    assert query_read_only(home, "select count(*) from data.instructions")[1] == [(2,)]
 
 
 def test_no_warehouse_yet(tmp_path):

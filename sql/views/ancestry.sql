@@ -9,6 +9,7 @@ WITH RECURSIVE chain(candidate_id, depth, ancestor_id) AS (
 SELECT chain.candidate_id,
        chain.depth,
        chain.ancestor_id,
+       a.arm,
        a.iteration,
        a.checkpoint_id,
        a.parent_id,

@@ -1,0 +1,169 @@
+"""Arms of an experiment and where each one's assets live (docs/design.md, "Arms").
+
+An experiment compares named arms that share the data, the base model, the catalyst and the questions:
+
+    sft                     LoRA on D0 only: no catalyst, no iterations (schema `sft`)
+    self_train/<selector>   iterative self-training without the catalyst: from the sft checkpoint, the model
+                            rewrites its own rationales with the answering prompt
+    srlm/<selector>         the SRLM chain: from M0 (D0 + catalyst, schema `srlm_iter_0`), the model enriches
+                            its rationales with the enriching prompt
+
+Nothing shared is computed twice: every SRLM arm starts from the one M0, and their first iteration's
+candidates, scores and selector choices (written by M0 from the same rationales with the same seeds) are
+one set of assets too (schema `srlm_iter_1`). From the selection on, each arm has its own schema,
+`<arm slug>_iter_<t>` (e.g. `srlm_likelihood_iter_2`). A schema is the first part of every asset key
+in it and the SQL schema of its tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+SELECTORS = ("length", "likelihood", "consistency")
+KINDS = ("sft", "self_train", "srlm")
+SFT_SCHEMA = "sft"
+M0_SCHEMA = "srlm_iter_0"
+BASE_ARM = "base"  # the `arm` value of the base model's rows
+BASE_SCHEMA = "model"  # model/base
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # "sft" | "self_train/<selector>" | "srlm/<selector>"
+    kind: str
+    selector: Optional[str]
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace("/", "_")
+
+    @property
+    def iterative(self) -> bool:
+        return self.kind != "sft"
+
+    @property
+    def prompt(self) -> str:
+        """The task that writes this arm's candidates: the enriching prompt (SRLM) or answering (self-training)."""
+        return "enrich" if self.kind == "srlm" else "answer"
+
+    @property
+    def uses_catalyst(self) -> bool:
+        return self.kind == "srlm"
+
+
+def parse_arm(name: str, default_selector: str) -> Arm:
+    """"sft", "srlm/<selector>", "self_train/<selector>"; a bare "srlm" or "self_train" takes `default_selector`."""
+    kind, _, selector = name.partition("/")
+    if kind not in KINDS:
+        raise ValueError(f"unknown arm '{name}': arms are sft, self_train/<selector> and srlm/<selector>")
+    if kind == "sft":
+        if selector:
+            raise ValueError(f"arm '{name}': sft takes no selector")
+        return Arm("sft", "sft", None)
+    selector = selector or default_selector
+    if selector not in SELECTORS:
+        raise ValueError(f"arm '{name}': unknown selector '{selector}'; choose one of {', '.join(SELECTORS)}")
+    return Arm(f"{kind}/{selector}", kind, selector)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One checkpoint of an arm's chain: where its tables live and what it continues from.
+
+    `schema` holds the checkpoint, its training set, evaluation and (t >= 1) selection; `generation_schema`
+    holds the candidates, scores and selector choices it was selected from (shared by the SRLM arms at t = 1)."""
+
+    arm: str  # the `arm` column of its rows ("srlm" for M0 and the shared first generation)
+    iteration: int
+    schema: str
+    generation_schema: Optional[str]
+    previous: Optional["Stage"]
+    selector: Optional[str]
+    prompt: Optional[str]  # enrich | answer (t >= 1)
+    uses_catalyst: bool
+
+    @property
+    def label(self) -> str:
+        """How reports name the checkpoint: "sft", "M0", "M2 srlm/likelihood"."""
+        if self.schema in (SFT_SCHEMA, BASE_SCHEMA):
+            return self.arm
+        if self.schema == M0_SCHEMA:
+            return "M0"
+        return f"M{self.iteration} {self.arm}"
+
+
+BASE_STAGE = Stage(BASE_ARM, -1, BASE_SCHEMA, None, None, None, None, False)
+SFT_STAGE = Stage("sft", 0, SFT_SCHEMA, None, BASE_STAGE, None, None, False)
+M0_STAGE = Stage("srlm", 0, M0_SCHEMA, None, BASE_STAGE, None, None, True)
+
+
+def generation_schema(arm: Arm, iteration: int) -> str:
+    if arm.kind == "srlm" and iteration == 1:
+        return "srlm_iter_1"
+    return f"{arm.slug}_iter_{iteration}"
+
+
+def chain(arm: Arm, iterations: int) -> list[Stage]:
+    """The arm's checkpoints in order: sft -> [sft]; self_train -> sft, then 1..T; srlm -> M0, then 1..T."""
+    if arm.kind == "sft":
+        return [SFT_STAGE]
+    stages = [M0_STAGE if arm.kind == "srlm" else SFT_STAGE]
+    for t in range(1, iterations + 1):
+        stages.append(
+            Stage(arm.name, t, f"{arm.slug}_iter_{t}", generation_schema(arm, t), stages[-1], arm.selector, arm.prompt, arm.uses_catalyst)
+        )
+    return stages
+
+
+def stages(arms: list[Arm], iterations: int) -> list[Stage]:
+    """Every checkpoint of the experiment once (shared ones once), in a stable order."""
+    out: dict[str, Stage] = {}
+    for arm in arms:
+        for stage in chain(arm, iterations):
+            out.setdefault(stage.schema, stage)
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two checkpoints compared on the same questions: `candidate` against `reference`."""
+
+    candidate: Stage
+    reference: Stage
+    relation: str  # vs_sft | vs_previous | vs_self_train
+
+
+def comparison_pairs(arms: list[Arm], iterations: int) -> list[Pair]:
+    """Each checkpoint against sft (when the experiment has it) and against the previous checkpoint of its
+    own arm (the base model for sft and M0); each SRLM arm's last checkpoint against each self-training
+    arm's last one."""
+    has_sft = any(a.kind in ("sft", "self_train") for a in arms)
+    pairs: dict[tuple[str, str], Pair] = {}
+    for stage in stages(arms, iterations):
+        if has_sft and stage.schema != SFT_SCHEMA:
+            pairs.setdefault((stage.schema, SFT_SCHEMA), Pair(stage, SFT_STAGE, "vs_sft"))
+        if stage.previous is not None:
+            pairs.setdefault((stage.schema, stage.previous.schema), Pair(stage, stage.previous, "vs_previous"))
+    finals = {arm.kind: [] for arm in arms}
+    for arm in arms:
+        finals[arm.kind].append(chain(arm, iterations)[-1])
+    for srlm in finals.get("srlm", []):
+        for baseline in finals.get("self_train", []):
+            pairs.setdefault((srlm.schema, baseline.schema), Pair(srlm, baseline, "vs_self_train"))
+    return list(pairs.values())
+
+
+def lineage(arm: str) -> tuple[str, ...]:
+    """The `arm` values of the checkpoints an arm's chain passes through, from the base model on."""
+    kind = arm.partition("/")[0]
+    if kind == "srlm":
+        return (BASE_ARM, "srlm", arm)
+    if kind == "self_train":
+        return (BASE_ARM, "sft", arm)
+    return (BASE_ARM, arm)
+
+
+def leaf_arms(arms: list[str]) -> list[str]:
+    """The arms a chart draws a line for (sft and each iterative arm), among `arm` values of rows."""
+    return sorted({a for a in arms if a not in (BASE_ARM, "srlm")})
