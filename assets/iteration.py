@@ -27,7 +27,7 @@ from srlm.arms import SELECTORS, Stage, stages
 from srlm.checkpoints import checkpoint_id_for, commit_checkpoint, local_checkpoint
 from srlm.config import ExperimentConfig
 from srlm.engines.types import SamplingParams
-from srlm.expansion import PROMPTS, ExpansionSettings, expand, recipe_key
+from srlm.expansion import ExpansionSettings, expand, prompt_version, recipe_key
 from srlm.scoring import Reference, Scorable, score
 from srlm.selection import count_examples, select_best, select_with_every_selector, selection_sql_version
 from srlm.sqlfiles import run_sql, sql_version
@@ -112,8 +112,8 @@ def _initial_training_examples(stage: Stage) -> dg.AssetsDefinition:
     what = "plus enriching on the catalyst C" if stage.uses_catalyst else "only (no catalyst)"
 
     def build(generation: GenerationResource, instructions: pl.DataFrame, base: pl.DataFrame, catalyst: pl.DataFrame | None):
-        engine = generation.engine(base["path"][0])
-        rows = initial_rows(stage.arm, instructions.iter_rows(named=True), catalyst.iter_rows(named=True) if catalyst is not None else None, engine.render_chat)
+        tokenizer = generation.tokenizer(base["path"][0])
+        rows = initial_rows(stage.arm, instructions.iter_rows(named=True), catalyst.iter_rows(named=True) if catalyst is not None else None, tokenizer.render_chat)
         df = frame(rows, schemas.TRAINING_EXAMPLES)
         return table_output(df, _training_metadata(df))
 
@@ -184,19 +184,20 @@ def _checkpoint(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     start = f"continuing {stage.previous.label}'s adapter" if continue_previous else "from the base model"
     prefix = "sft" if stage.arm == "sft" else f"M{stage.iteration}"
 
-    def train(context: dg.AssetExecutionContext, training: TrainingResource, examples: pl.DataFrame, base: pl.DataFrame, prev):
+    def train(context: dg.AssetExecutionContext, generation: GenerationResource, training: TrainingResource, examples: pl.DataFrame, base: pl.DataFrame, prev):
         storage = cfg.paths.open_storage()
         staging = cfg.home / "checkpoints" / stage.schema / f"run-{context.run_id}"  # trained locally, then committed
-        report = training.train(
-            base["path"][0],
-            list(zip(examples["prompt"].to_list(), examples["completion"].to_list())),
-            str(staging),
-            cfg.train,
-            seed=cfg.experiment.seed + stage.iteration,
-            init_adapter=local_checkpoint(prev["path"][0], storage, cfg.home) if prev is not None else None,
-            log=context.log.info,
-            logging_dir=str(cfg.home / "tensorboard" / stage.schema / context.run_id),
-        )
+        with generation.released():  # on one GPU the vLLM engine sleeps while the trainer runs
+            report = training.train(
+                base["path"][0],
+                list(zip(examples["prompt"].to_list(), examples["completion"].to_list())),
+                str(staging),
+                cfg.train,
+                seed=cfg.experiment.seed + stage.iteration,
+                init_adapter=local_checkpoint(prev["path"][0], storage, cfg.home) if prev is not None else None,
+                log=context.log.info,
+                logging_dir=str(cfg.home / "tensorboard" / stage.schema / context.run_id),
+            )
         ckpt_id = checkpoint_id_for(prefix, staging)
         final = commit_checkpoint(staging, storage, cfg.home, stage.schema, ckpt_id)
         row = {
@@ -227,13 +228,13 @@ def _checkpoint(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     # Dagster reads an asset's inputs from its signature, so the two variants are spelled out.
     if continue_previous:
 
-        def checkpoint(context: dg.AssetExecutionContext, training: TrainingResource, training_examples: pl.DataFrame, base: pl.DataFrame, previous: pl.DataFrame):
-            return train(context, training, training_examples, base, previous)
+        def checkpoint(context: dg.AssetExecutionContext, generation: GenerationResource, training: TrainingResource, training_examples: pl.DataFrame, base: pl.DataFrame, previous: pl.DataFrame):
+            return train(context, generation, training, training_examples, base, previous)
 
     else:
 
-        def checkpoint(context: dg.AssetExecutionContext, training: TrainingResource, training_examples: pl.DataFrame, base: pl.DataFrame):
-            return train(context, training, training_examples, base, None)
+        def checkpoint(context: dg.AssetExecutionContext, generation: GenerationResource, training: TrainingResource, training_examples: pl.DataFrame, base: pl.DataFrame):
+            return train(context, generation, training, training_examples, base, None)
 
     return dg.asset(
         key=key(stage.schema, "checkpoint"),
@@ -271,7 +272,7 @@ def _candidates(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
         # the prompt, then the rationale read out of each generation (strip_think, think tags)
         code_version=code_version(
             cfg.section_hash("expand"),
-            PROMPTS[stage.prompt][1],
+            prompt_version(stage.prompt),
             prompts.RATIONALE_EXTRACTION_VERSION,
             prompts.ANSWER_FORMAT_VERSION,
             str(cfg.experiment.seed),

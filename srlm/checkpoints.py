@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,17 +15,35 @@ from srlm.storage import Storage, is_uri
 SMALL_FILE = 64 * 1024 * 1024  # files above this are fingerprinted by name and size, not content
 
 
+# peft writes the home's base model path into these, and target_modules in set order (which varies by
+# process): neither changes the model, so the fingerprint leaves them out
+MODEL_CARD = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _identity_bytes(file: Path) -> bytes:
+    """What of a file identifies the model: its bytes, or an adapter config without its machine-specific parts."""
+    if file.name != ADAPTER_CONFIG:
+        return file.read_bytes()
+    config = json.loads(file.read_text())
+    config.pop("base_model_name_or_path", None)
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    return json.dumps(config, sort_keys=True).encode()
+
+
 def directory_fingerprint(path: str | Path) -> str:
-    """Hash of every file under `path` (relative name + content; name + size for very large files, so a
-    multi-GB base model is identified without reading all of it)."""
+    """Hash of every file under `path` that makes the model (relative name + content; name + size for very
+    large files, so a multi-GB base model is identified without reading all of it): the same on every machine."""
     root = Path(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MODEL_CARD):
         rel = file.relative_to(root).as_posix()
         size = file.stat().st_size
-        digest.update(f"{rel}\x1f{size}\x1f".encode())
         if size <= SMALL_FILE:
-            digest.update(file.read_bytes())
+            digest.update(f"{rel}\x1f".encode() + _identity_bytes(file))
+        else:
+            digest.update(f"{rel}\x1f{size}\x1f".encode())
     return digest.hexdigest()[:12]
 
 

@@ -59,10 +59,17 @@ class ExpansionTask:
     output: str
 
 
+# each prompt's messages, and the name of its template's version in srlm/prompts.py (read when needed, so
+# the version is always the template's current one)
 PROMPTS = {
-    "enrich": (lambda t: prompts.enrich_messages(t.instruction, t.input, t.rationale, t.output), prompts.ENRICH_VERSION),
-    "answer": (lambda t: prompts.answer_messages(t.instruction, t.input), prompts.ANSWER_FORMAT_VERSION),
+    "enrich": (lambda t: prompts.enrich_messages(t.instruction, t.input, t.rationale, t.output), "ENRICH_VERSION"),
+    "answer": (lambda t: prompts.answer_messages(t.instruction, t.input), "ANSWER_FORMAT_VERSION"),
 }
+
+
+def prompt_version(prompt: str) -> str:
+    """The version of a PROMPTS entry's template."""
+    return getattr(prompts, PROMPTS[prompt][1])
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ class ExpansionSettings:
 
     @property
     def template_version(self) -> str:
-        return PROMPTS[self.prompt][1]
+        return prompt_version(self.prompt)
 
 
 def shard_seed(seed: int, iteration: int, shard: int) -> int:

@@ -13,6 +13,20 @@ def test_the_id_follows_the_content(tmp_path):
     assert checkpoint_id_for("M1", a) != checkpoint_id_for("M1", b)
 
 
+def test_the_id_leaves_out_the_home_path_and_set_order_peft_writes(tmp_path):
+    import json
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, home, modules in ((a, "/one/models/base", ["q_proj", "v_proj"]), (b, "/two/models/base", ["v_proj", "q_proj"])):
+        d.mkdir()
+        (d / "adapter_model.safetensors").write_bytes(b"123")
+        (d / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": home, "r": 8, "target_modules": modules}))
+        (d / "README.md").write_text(f"base_model: {home}")
+    assert checkpoint_id_for("M1", a) == checkpoint_id_for("M1", b)
+    (b / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/two", "r": 16, "target_modules": ["q_proj"]}))
+    assert checkpoint_id_for("M1", a) != checkpoint_id_for("M1", b)
+
+
 def test_commit_keeps_identical_content_already_there(tmp_path):
     staging, final = tmp_path / "run-1", tmp_path / "M1-abc"
     final.mkdir()
