@@ -1,6 +1,6 @@
 """Headless Chromium drives the Dagster UI (`srlm ui`) of a materialized micro project: the lineage page
 shows the iteration chain, an iteration's candidates page shows its metadata, the Launchpad refuses a bad
-selector and relaunches the selection with another one, and that run succeeds.
+margin and relaunches the selection with a margin, and that run succeeds.
 
 Needs Debian's `chromium` (installed by .ci/run) and the playwright package (dev extra); skipped without.
 Set SRLM_SCREENSHOTS=<folder> to keep the screenshots (the README's pictures are made this way)."""
@@ -94,10 +94,10 @@ def screenshot(page, name: str) -> None:
 
 def test_lineage_page_shows_the_iteration_chain(ui, page):
     url, _ = ui
-    page.goto(f"{url}/assets/iter_1/checkpoint?view=lineage&lineageScope=upstream&lineageDepth=6")
+    page.goto(f"{url}/assets/srlm_likelihood_iter_1/checkpoint?view=lineage&lineageScope=upstream&lineageDepth=6")
     graph = page.locator(".react-flow, svg").first
     graph.wait_for()
-    for group in ("data", "model", "iter_0", "iter_1"):
+    for group in ("data", "model", "srlm_iter_0", "srlm_iter_1", "srlm_likelihood_iter_1"):
         page.get_by_text(group, exact=True).first.wait_for()
     for node in ("instructions", "catalyst", "base", "candidates", "scores", "selected", "training_examples"):
         page.get_by_text(node, exact=True).first.wait_for()
@@ -107,12 +107,12 @@ def test_lineage_page_shows_the_iteration_chain(ui, page):
 
 def test_candidates_page_shows_its_metadata(ui, page):
     url, home = ui
-    page.goto(f"{url}/assets/iter_1/candidates")
+    page.goto(f"{url}/assets/srlm_iter_1/candidates")
     page.get_by_text("Metadata", exact=True).first.wait_for()
     body = page.locator("body")
     for key in ("examples", "candidates", "mean_tokens", "shards_generated", "preview"):
         page.get_by_text(key, exact=True).first.wait_for()
-    _, rows = query_read_only(home, "select count(*) from iter_1.candidates")
+    _, rows = query_read_only(home, "select count(*) from srlm_iter_1.candidates")
     assert "Row count" in body.inner_text()
     assert str(rows[0][0]) in body.inner_text()
     assert "M0 enriches the current rationale" in body.inner_text()
@@ -132,10 +132,10 @@ def test_summary_page_shows_the_accuracy_plot(ui, page):
 
 def test_selected_page_tells_one_rationales_story(ui, page):
     url, home = ui
-    page.goto(f"{url}/assets/iter_1/selected")
+    page.goto(f"{url}/assets/srlm_likelihood_iter_1/selected")
     story = page.locator("tr", has=page.get_by_text("story", exact=True)).first  # shown inline: short markdown
     story.get_by_text("Its rationale, iteration by iteration").wait_for()
-    _, rows = query_read_only(home, "select candidate_id, checkpoint_id from candidates where candidate_id = (select candidate_id from iter_1.selected order by example_id limit 1)")
+    _, rows = query_read_only(home, "select candidate_id, checkpoint_id from candidates where candidate_id = (select candidate_id from srlm_likelihood_iter_1.selected order by example_id limit 1)")
     story.scroll_into_view_if_needed()
     text = story.inner_text()
     assert rows[0][1] in text  # the checkpoint that wrote the kept rationale
@@ -158,15 +158,19 @@ def set_config(page, text: str) -> None:
     page.evaluate("(t) => document.querySelector('.dagster-dialog .CodeMirror').CodeMirror.setValue(t)", text)
 
 
-def test_launchpad_relaunches_selection_with_another_selector(ui, page):
+def test_launchpad_relaunches_selection_with_a_margin(ui, page):
     url, home = ui
-    dialog = open_launchpad(page, url, "iter_1/selected")
+    dialog = open_launchpad(page, url, "srlm_likelihood_iter_1/selected")
     config = page.evaluate("document.querySelector('.dagster-dialog .CodeMirror').CodeMirror.getValue()")
-    assert "selector: likelihood" in config  # the experiment's selector is the default
+    assert "ops: {}" in config  # the experiment's margin (none) is the default: nothing to set
 
-    set_config(page, config.replace("selector: likelihood", "selector: best"))
-    dialog.get_by_text("not in enum type Selector got best").wait_for()  # refused, with the reason
-    set_config(page, config.replace("selector: likelihood", "selector: length"))
+    def with_margin(value: str) -> str:
+        return config.replace("ops: {}", "ops: {srlm_likelihood_iter_1__selected: {config: {margin: %s}}}" % value)
+
+    set_config(page, with_margin("wide"))
+    dialog.get_by_text("margin", exact=False).first.wait_for()
+    dialog.get_by_text("Float", exact=False).first.wait_for()  # refused, with the type it wants
+    set_config(page, with_margin("100.0"))
     dialog.get_by_text("No errors").wait_for()
     screenshot(page, "launchpad")
     dialog.locator("button", has_text="Materialize").last.click()
@@ -178,5 +182,6 @@ def test_launchpad_relaunches_selection_with_another_selector(ui, page):
         assert time.time() < deadline, "the run launched from the UI did not finish"
         page.wait_for_timeout(2000)
     screenshot(page, "run")
-    _, rows = query_read_only(home, "select distinct selector from iter_1.selected")
-    assert rows == [("length",)]
+    # no candidate beats its parent's score by 100 nats: the relaunched selection keeps none
+    _, rows = query_read_only(home, "select count(*) from srlm_likelihood_iter_1.selected")
+    assert rows == [(0,)]
