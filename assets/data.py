@@ -25,14 +25,14 @@ CATALYST = dg.AssetKey(["data", "catalyst"])
 CATALYST_REJECTED = dg.AssetKey(["data", "catalyst_rejected"])
 BASE_MODEL = dg.AssetKey(["model", "base"])
 
-def answer_text(engine, instruction: str, input_text: str, rationale: str, output: str) -> str:
+def answer_text(tokenizer, instruction: str, input_text: str, rationale: str, output: str) -> str:
     """The whole answering example as the model sees it (for token counts)."""
-    return engine.render_chat(prompts.answer_messages(instruction, input_text)) + prompts.answer_completion(rationale, output)
+    return tokenizer.render_chat(prompts.answer_messages(instruction, input_text)) + prompts.answer_completion(rationale, output)
 
 
-def enrich_text(engine, record: cat.CatalystRecord) -> str:
+def enrich_text(tokenizer, record: cat.CatalystRecord) -> str:
     messages = prompts.enrich_messages(record.instruction, record.input, record.short_rationale, record.output)
-    return engine.render_chat(messages) + record.rationale
+    return tokenizer.render_chat(messages) + record.rationale
 
 
 def rejected_frame(rejected: Sequence[Rejected]) -> pl.DataFrame:
@@ -62,7 +62,7 @@ def build_data_assets(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         code_version=code_version(config.section_hash("instructions"), prompts.ANSWER_FORMAT_VERSION),
     )
     def instructions(context: dg.AssetExecutionContext, generation: GenerationResource, base: pl.DataFrame):
-        df, rejected, counts = instructions_tables(config, generation.engine(base["path"][0]))
+        df, rejected, counts = instructions_tables(config, generation.tokenizer(base["path"][0]))
         context.log.info(f"instructions: {counts}")
         meta = {**count_metadata(counts), "mean_tokens": float(df["n_tokens"].mean() or 0.0)}
         yield table_output(df, meta, output_name="instructions")
@@ -93,7 +93,7 @@ def build_data_assets(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
     def catalyst(
         context: dg.AssetExecutionContext, generation: GenerationResource, instructions: pl.DataFrame, base: pl.DataFrame
     ):
-        df, rejected, counts = catalyst_tables(config, generation, instructions, generation.engine(base["path"][0]))
+        df, rejected, counts = catalyst_tables(config, generation, instructions, generation.tokenizer(base["path"][0]))
         context.log.info(f"catalyst ({config.catalyst.source}): {counts}")
         growth = (df["rationale"].str.len_chars() / df["short_rationale"].str.len_chars().clip(lower_bound=1)).mean()
         meta = {**count_metadata(counts), "mean_tokens": float(df["n_tokens"].mean() or 0.0), "mean_length_ratio_r*_r0": float(growth or 0.0)}
@@ -103,12 +103,12 @@ def build_data_assets(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
     return [instructions, catalyst]
 
 
-def instructions_tables(config: ExperimentConfig, engine) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
-    """What data/instructions writes: D0, its rejected rows (examples too long for `engine`'s model among
+def instructions_tables(config: ExperimentConfig, tokenizer) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """What data/instructions writes: D0, its rejected rows (examples too long for `tokenizer`'s model among
     them), and the row counts. IntakeError when a source file keeps no row or rejects too many."""
     loaded = load_instructions(config.instructions.sources, config.instructions.seed)
-    texts = [answer_text(engine, e.instruction, e.input, e.rationale, e.output) for e in loaded.examples]
-    rows, loaded.examples, too_long = _keep_what_fits(loaded.examples, texts, engine, lambda e: e.example_id)
+    texts = [answer_text(tokenizer, e.instruction, e.input, e.rationale, e.output) for e in loaded.examples]
+    rows, loaded.examples, too_long = _keep_what_fits(loaded.examples, texts, tokenizer, lambda e: e.example_id)
     loaded.rejected += too_long
     check_intake("instructions", {source_name(s): s.path for s in config.instructions.sources},
                  [e.source for e in loaded.examples], loaded.rejected, config.instructions.max_rejected_fraction)
@@ -116,24 +116,24 @@ def instructions_tables(config: ExperimentConfig, engine) -> tuple[pl.DataFrame,
 
 
 def catalyst_tables(
-    config: ExperimentConfig, generation: GenerationResource, instructions: pl.DataFrame, engine
+    config: ExperimentConfig, generation: GenerationResource, instructions: pl.DataFrame, tokenizer
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """What data/catalyst writes: C from the configured source, its rejected rows (records too long for
-    `engine`'s model among them), and the row counts. IntakeError when C is empty or rejects too many."""
+    `tokenizer`'s model among them), and the row counts. IntakeError when C is empty or rejects too many."""
     result = _catalyst_records(config, generation, instructions)
-    texts = [enrich_text(engine, r) for r in result.records]
-    rows, result.records, too_long = _keep_what_fits(result.records, texts, engine, lambda r: r.catalyst_id)
+    texts = [enrich_text(tokenizer, r) for r in result.records]
+    rows, result.records, too_long = _keep_what_fits(result.records, texts, tokenizer, lambda r: r.catalyst_id)
     result.rejected += too_long
     check_intake("catalyst", cat.catalyst_files(config.catalyst), [r.source for r in result.records], result.rejected,
                  config.catalyst.max_rejected_fraction)
     return frame(rows, schemas.CATALYST), rejected_frame(result.rejected), result.counts()
 
 
-def _keep_what_fits(items: list, texts: list[str], engine, id_of) -> tuple[list[dict], list, list[Rejected]]:
+def _keep_what_fits(items: list, texts: list[str], tokenizer, id_of) -> tuple[list[dict], list, list[Rejected]]:
     """Items whose training text fits the model, as table rows with their token count; the rest rejected."""
-    lengths = engine.count_tokens(texts)
+    lengths = tokenizer.count_tokens(texts)
     kept, too_long = reject_too_long(
-        items, lengths, engine.max_length, lambda x, reason: Rejected(x.source, x.source_row, reason, _as_json(x), id_of(x))
+        items, lengths, tokenizer.max_length, lambda x, reason: Rejected(x.source, x.source_row, reason, _as_json(x), id_of(x))
     )
     n_tokens = dict(zip(map(id_of, items), lengths))
     return [{**dataclasses.asdict(x), "n_tokens": n_tokens[id_of(x)]} for x in kept], kept, too_long

@@ -55,9 +55,8 @@ def build_model_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
             row, meta = _bootstrap(context, cfg)
         else:
             row, meta = _local(cfg, context.run_id)
-        engine = generation.engine(row["path"])  # loads it: a directory that is not a causal LM fails here, clearly
-        row["context_length"] = engine.max_length
-        meta["context_length"] = engine.max_length
+        # checks that it loads: a directory that is not a causal LM fails here, clearly
+        row["context_length"] = meta["context_length"] = generation.context_length(row["path"])
         return table_output(frame([row], {**schemas.CHECKPOINTS, **schemas.BASE_MODEL_EXTRA}), meta)
 
     return [base]

@@ -10,6 +10,9 @@ from resources.warehouse import ParquetIOManager, WarehouseResource
 
 
 def build_resources(config: ExperimentConfig) -> dict[str, object]:
+    from srlm.engines.vllm_engine import vllm_lora_rank  # lazily, like the engines: it imports torch
+
+    rank = config.train.lora.r
     place = {"home": str(config.home), "storage_root": config.paths.storage, "storage_options": config.paths.storage_options}
     return {
         "io_manager": ParquetIOManager(**place),
@@ -22,7 +25,8 @@ def build_resources(config: ExperimentConfig) -> dict[str, object]:
             trust_remote_code=config.model.trust_remote_code,
             gpu_memory_utilization=config.generation.gpu_memory_utilization,
             tensor_parallel_size=config.generation.tensor_parallel_size,
-            max_lora_rank=max(config.train.lora.r, 8),
+            # vLLM takes a few ranks only: the trained one rounded up (one above vLLM's largest fails here, at load)
+            max_lora_rank=vllm_lora_rank(rank) if config.generation.backend == "vllm" else rank,
             executor=config.executor.kind,
             ray_address=config.executor.address,
             ray_num_cpus=config.executor.num_cpus,

@@ -1,16 +1,51 @@
 """Generation resource: hands out model engines (transformers | vllm | openai-compatible), one per model
 per process, so the in-process executor loads each model once per run; and the runners that generate and
 score for the assets: that engine itself (executor `local`), or an engine whose every call is a Ray Data
-job (executor `ray`, srlm/distributed.py)."""
+job (executor `ray`, srlm/distributed.py).
+
+On one GPU the vLLM engine and the trainer take turns: what only counts tokens or renders prompts gets the
+model's tokenizer (`tokenizer`), never an engine, and a training step runs inside `released()`, which puts
+the engines to sleep and wakes them afterwards."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional
+import contextlib
+import gc
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Literal, Optional, Sequence
 
 import dagster as dg
 
 from srlm.checkpoints import local_checkpoint
+from srlm.engines.types import Message
 from srlm.storage import Storage
+
+
+def _free_gpu_memory() -> None:
+    """Collect what is no longer referenced and hand this process's cached CUDA blocks back to the device:
+    vLLM's engine runs in a process of its own, which cannot use them otherwise."""
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()  # nothing to do where CUDA was never initialized
+
+
+@dataclass(frozen=True)
+class ModelTokenizer:
+    """The part of the engine interface that needs no weights: render_chat, count_tokens, max_length."""
+
+    tokenizer: Any
+    max_length: int
+
+    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        from srlm.engines.transformers_engine import render_chat
+
+        return render_chat(self.tokenizer, messages, add_generation_prompt)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        from srlm.engines.transformers_engine import count_tokens
+
+        return count_tokens(self.tokenizer, texts)
 
 
 class GenerationResource(dg.ConfigurableResource):
@@ -40,10 +75,53 @@ class GenerationResource(dg.ConfigurableResource):
             self._engines[key] = self._build(model_path)
         return self._engines[key]
 
+    def tokenizer(self, model_path: str) -> ModelTokenizer:
+        """What counting tokens and rendering prompts need of a model, without loading it (a vLLM engine would
+        take most of the GPU for that)."""
+        from srlm.engines.runtime import tokenizer_and_context
+
+        return ModelTokenizer(*tokenizer_and_context(str(model_path), self.trust_remote_code))
+
+    def context_length(self, model_path: str) -> int:
+        """A base model's usable context, checking that it is a causal LM that loads. Transformers loads the
+        engine (the run's generation reuses it); vLLM checks the directory, tokenizer and config only, since
+        its engine would hold the GPU from here to the first training step."""
+        if self.backend == "vllm":
+            from srlm.engines.runtime import check_causal_lm_dir
+
+            check_causal_lm_dir(model_path, self.trust_remote_code)
+            return self.tokenizer(model_path).max_length
+        return self.engine(model_path).max_length
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """The GPU for the block (a training step): every cached engine that can sleep (vLLM) sleeps and wakes
+        when the block ends; one that cannot is dropped and rebuilt on its next use. Engines without sleep
+        (transformers) reserve nothing beyond their weights and stay as they are."""
+        asleep, freed = [], False
+        for key, engine in list(self._engines.items()):
+            if not hasattr(engine, "sleep"):
+                continue
+            freed = True
+            if engine.sleep():
+                asleep.append(engine)
+            else:
+                del self._engines[key]
+        if freed:
+            _free_gpu_memory()  # a dropped engine's memory, once collected
+        try:
+            yield
+        finally:
+            if freed:
+                _free_gpu_memory()  # the trainer's, so that the engines can take theirs back
+            for engine in asleep:
+                engine.wake()
+
     def _build(self, model_path: str) -> Any:
         if self.backend == "vllm":
             from srlm.engines.vllm_engine import VLLMEngine
 
+            _free_gpu_memory()  # vLLM starts only if its share of the device is free: this process's cache first
             return VLLMEngine(model_path, self._engine_config())
         from srlm.engines.transformers_engine import TransformersEngine
 

@@ -34,9 +34,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import pyarrow as pa
@@ -227,18 +225,6 @@ class EngineActor:
 # ------------------------------------------------------------------------------------------ the engine
 
 
-@lru_cache(maxsize=8)
-def _tokenizer_and_context(model_path: str, trust_remote_code: bool):
-    """The driver's side of a model: its tokenizer and usable context length (no weights loaded)."""
-    from transformers import AutoConfig
-
-    from srlm.engines.runtime import load_tokenizer, model_max_length
-
-    tokenizer = load_tokenizer(model_path, "left", trust_remote_code)
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    return tokenizer, model_max_length(SimpleNamespace(config=config), tokenizer)
-
-
 class RayEngine:
     """The engine interface, each call a Ray Data job whose rows land under `output` on `storage`.
 
@@ -250,7 +236,10 @@ class RayEngine:
         self.model_path, self.backend, self.engine_config = str(model_path), backend, engine_config
         self.batch_size = batch_size  # rows per actor call (each call's results are one part)
         self.settings, self.storage, self.output = settings, storage, str(output).rstrip("/")
-        self.tokenizer, self.max_length = _tokenizer_and_context(self.model_path, engine_config.trust_remote_code)
+        from srlm.engines.runtime import tokenizer_and_context  # lazily, as before: transformers and torch
+
+        # the driver only tokenizes: the model's tokenizer and context length, no weights
+        self.tokenizer, self.max_length = tokenizer_and_context(self.model_path, engine_config.trust_remote_code)
         self.jobs: list[JobRecord] = []
 
     def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:

@@ -95,3 +95,33 @@ def test_vllm_adapter(engines):
     tuned = v.generate(prompts, params, adapter=str(tiny_adapter_dir()))
     assert [o.completions[0].text for o in tuned] != [o.completions[0].text for o in base]
     assert v.generate(prompts, params) == base
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA")
+def test_vllm_context_matches_the_tokenizer_path(engines):
+    """Token counts use the model's tokenizer and config (no engine): the same context length as vLLM's."""
+    from resources import GenerationResource
+
+    v, _ = engines
+    assert GenerationResource(backend="vllm").tokenizer(str(v.model_path)).max_length == v.max_length
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA")
+def test_vllm_sleeps_for_training_and_wakes_to_the_same_outputs(engines):
+    import torch
+    from tiny_model import tiny_adapter_dir, tiny_chats
+
+    from srlm.engines.types import SamplingParams
+
+    v, _ = engines
+    prompts = [c[:1] for c in tiny_chats(3, seed=3)]
+    params, adapter = SamplingParams(temperature=0, max_new_tokens=8), str(tiny_adapter_dir())
+    before = (v.generate(prompts, params), v.generate(prompts, params, adapter=adapter))
+    free_awake, total = torch.cuda.mem_get_info()
+    assert v.sleep()
+    freed = torch.cuda.mem_get_info()[0] - free_awake
+    v.wake()
+    assert freed > 0.2 * total  # most of the 0.3 share the engine reserved (its KV cache) comes back
+    assert (v.generate(prompts, params), v.generate(prompts, params, adapter=adapter)) == before

@@ -11,7 +11,9 @@ import json
 import os
 import shutil
 import uuid
+from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import torch
@@ -227,6 +229,17 @@ def model_max_length(model, tokenizer) -> int:
     if isinstance(tok_max, int) and 0 < tok_max < _SANE_TOKENIZER_MAX:
         limits.append(tok_max)
     return min(limits) if limits else _FALLBACK_MAX_LENGTH
+
+
+@lru_cache(maxsize=8)
+def tokenizer_and_context(model_path: str, trust_remote_code: bool = False):
+    """A model's tokenizer (padding left) and usable context length, from its directory without loading the
+    weights: what counting tokens and rendering prompts need (cached: the same objects for every caller)."""
+    from transformers import AutoConfig
+
+    tokenizer = load_tokenizer(model_path, "left", trust_remote_code)
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    return tokenizer, model_max_length(SimpleNamespace(config=config), tokenizer)
 
 
 # ------------------------------------------------------------------------------------------ atomic save

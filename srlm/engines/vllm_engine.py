@@ -10,7 +10,10 @@ vLLM is an optional dependency (`pip install -e ".[gpu]"`) and cannot run on CPU
   samples therefore do not depend on the other prompts of the call (one shared seed would correlate them).
   Texts are reproducible run to run with vLLM, but are not the same texts as TransformersEngine samples.
 - Log-probabilities come from `prompt_logprobs` of a one-token request over context + continuation.
-- Adapters: `LoRARequest` with a stable integer id per adapter path (enable_lora must be on).
+- Adapters: `LoRARequest` with a stable integer id per adapter path (enable_lora must be on). vLLM takes
+  only a few values of max_lora_rank: `vllm_lora_rank` rounds the trained rank up to one.
+- Sleep: where vLLM's platform has sleep mode, the engine is built with it, so `sleep()` can hand the GPU to
+  a training step and `wake()` take it back without reloading (resources/generation.py `released`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from srlm.engines.runtime import ModelLoadError, check_causal_lm_dir, load_tokenizer, model_max_length
+from srlm.engines.runtime import ModelLoadError, check_causal_lm_dir, load_tokenizer, tokenizer_and_context
 from srlm.engines.transformers_engine import (
     count_tokens,
     encode_pair,
@@ -32,6 +35,18 @@ from srlm.engines.transformers_engine import (
 from srlm.engines.types import Completion, GenerationOutput, LogProb, Message, Prompt, SamplingParams
 
 INSTALL_HINT = 'vLLM is not installed: install the GPU extra with `pip install -e ".[gpu]"` (needs CUDA)'
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values of max_lora_rank vLLM accepts
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that serves adapters of rank r (r: 12 -> 16)."""
+    for rank in VLLM_LORA_RANKS:
+        if r <= rank:
+            return rank
+    raise ValueError(
+        f"LoRA rank {r} (train.lora.r) is above {VLLM_LORA_RANKS[-1]}, the largest rank vLLM serves; lower it, "
+        "or generate with generation.backend: transformers"
+    )
 
 
 @dataclass
@@ -46,6 +61,9 @@ class VLLMEngineConfig:
     trust_remote_code: bool = False
     seed: int = 0                       # engine seed (per-request seeds decide sampling)
 
+    def __post_init__(self) -> None:
+        self.max_lora_rank = vllm_lora_rank(self.max_lora_rank)  # both VLLMEngine and ray.data.llm pass it on
+
 
 class VLLMEngine:
     def __init__(self, model_path: str | os.PathLike, config: VLLMEngineConfig | None = None):
@@ -55,8 +73,11 @@ class VLLMEngine:
         try:
             import vllm  # noqa: F401  (lazy: optional GPU dependency)
             from vllm import LLM
+            from vllm.platforms import current_platform
         except ImportError as exc:
             raise ImportError(INSTALL_HINT) from exc
+        # sleep mode puts vLLM's memory in a pool it can release; vLLM refuses it on platforms without it
+        self.can_sleep = current_platform.is_sleep_mode_available()
         self.tokenizer = load_tokenizer(self.model_path, "left", self.config.trust_remote_code)
         kwargs: dict[str, Any] = dict(
             model=str(self.model_path),
@@ -65,6 +86,7 @@ class VLLMEngine:
             tensor_parallel_size=self.config.tensor_parallel_size,
             trust_remote_code=self.config.trust_remote_code,
             seed=self.config.seed,
+            enable_sleep_mode=self.can_sleep,
         )
         if self.config.max_model_len:
             kwargs["max_model_len"] = self.config.max_model_len
@@ -84,18 +106,23 @@ class VLLMEngine:
     def _engine_max_length(self) -> int:
         try:
             return int(self.llm.llm_engine.model_config.max_model_len)
-        except AttributeError:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(str(self.model_path), trust_remote_code=self.config.trust_remote_code)
-
-            class _M:  # model_max_length reads model.config
-                pass
-
-            holder = _M()
-            holder.config = config
-            limit = model_max_length(holder, self.tokenizer)
+        except AttributeError:  # an engine that does not say: the limit of the Hugging Face config
+            _, limit = tokenizer_and_context(str(self.model_path), self.config.trust_remote_code)
             return min(limit, self.config.max_model_len) if self.config.max_model_len else limit
+
+    # ------------------------------------------------------------------------------------------ sleep
+
+    def sleep(self) -> bool:
+        """Free the GPU for a training step: level 1 keeps the weights in CPU memory and drops the KV cache,
+        so wake() needs no reload (level 2 drops the weights too: they would have to be loaded again).
+        False where the platform has no sleep mode: the holder drops the engine instead."""
+        if not self.can_sleep:
+            return False
+        self.llm.sleep(level=1)
+        return True
+
+    def wake(self) -> None:
+        self.llm.wake_up()
 
     # ------------------------------------------------------------------------------------------ basics
 
