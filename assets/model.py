@@ -4,15 +4,14 @@ bootstrap model (a tiny Llama and BPE tokenizer trained from scratch on the inst
 
 import dagster as dg
 import jinja2
-import polars as pl
 
 from assets import schemas
 from assets.data import BASE_MODEL
 from assets.tables import code_version, frame, table_output
 from resources import GenerationResource
 from srlm import prompts
-from srlm.checkpoints import checkpoint_id_for, commit_dir
 from srlm.arms import BASE_ARM
+from srlm.checkpoints import checkpoint_id_for, commit_dir
 from srlm.config import ExperimentConfig
 from srlm.datasets import load_instructions
 

@@ -1,4 +1,4 @@
-"""Column contracts of every table asset (DESIGN.md section 4 names the lineage columns)."""
+"""Column contracts of every table asset (docs/design.md, "Contracts", names the lineage columns)."""
 
 import polars as pl
 

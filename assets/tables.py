@@ -10,7 +10,6 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 
-
 # Output(data_version=...) is marked beta; it is what makes checkpoints record the data they trained on
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*data_version.*")
 

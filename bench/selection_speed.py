@@ -171,12 +171,11 @@ def pandas_select(candidates: Path, scores: Path):
 
 
 def worker(args: argparse.Namespace) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     # every variant imports the same modules before the clock and before the baseline reading
     import duckdb  # noqa: F401
     import pandas  # noqa: F401
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     import srlm.selection  # noqa: F401
     import srlm.sqlfiles  # noqa: F401

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from srlm.config import ExperimentConfig
-
 from resources.generation import GenerationResource
 from resources.training import TrainingResource
 from resources.warehouse import ParquetIOManager, WarehouseResource
+from srlm.config import ExperimentConfig
 
 
 def build_resources(config: ExperimentConfig) -> dict[str, object]:

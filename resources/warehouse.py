@@ -12,7 +12,7 @@ from pydantic import PrivateAttr
 
 from srlm.run_lock import RunLock, acquire, held_by_this_process
 from srlm.storage import Storage, StoredFile
-from srlm.warehouse import list_tables, refresh_catalog, table_path, write_parquet_atomic
+from srlm.warehouse import refresh_catalog, table_path, write_parquet_atomic
 
 PREVIEW_ROWS = 5
 PREVIEW_CHARS = 80
@@ -81,9 +81,6 @@ class WarehouseResource(dg.ConfigurableResource, _Located):
         if not self.storage.is_file(path):
             raise FileNotFoundError(f"table {'/'.join(key)} is not materialized yet (no {path})")
         return pl.from_arrow(self.storage.read_parquet(path, columns))
-
-    def tables(self) -> dict[str, Path | str]:
-        return list_tables(self.storage)
 
 
 class ParquetIOManager(dg.ConfigurableIOManager, _Located):

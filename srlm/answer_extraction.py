@@ -123,12 +123,10 @@ def final_answer_text(completion: str) -> str:
 def _marked_span(text: str) -> str | None:
     """The text after the last answer marker up to the end of the line, or the next non-blank line
     when the marker ends its line (None without a marker)."""
-    last = None
-    for last in _MARKER.finditer(text):
-        pass
-    if last is None:
+    markers = list(_MARKER.finditer(text))
+    if not markers:
         return None
-    return text[last.end() :].lstrip().split("\n", 1)[0].strip()
+    return text[markers[-1].end() :].lstrip().split("\n", 1)[0].strip()
 
 
 def normalize_number(text: str) -> str | None:

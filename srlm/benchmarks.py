@@ -19,7 +19,6 @@ Protocols:
 from __future__ import annotations
 
 import bz2
-import codecs
 import csv
 import io
 import json
@@ -29,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
+
+from srlm.datasets import utf8_text
 
 BENCHMARKS = ("gsm8k", "arc_challenge", "mmlu", "hellaswag", "bbh")
 
@@ -114,14 +115,7 @@ def _existing(path: Path) -> Path:
 
 
 def _decode(data: bytes, path: Path) -> str:
-    """UTF-8 text without a leading byte-order mark; an undecodable byte raises naming its line."""
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise BenchmarkFormatError(f"{path}, line {line}: not UTF-8 text ({e.reason})") from None
+    return utf8_text(data, str(path), BenchmarkFormatError)
 
 
 def _json(text: str, where: str) -> object:

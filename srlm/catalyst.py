@@ -1,5 +1,5 @@
 """The reasoning catalyst C = {(x, r0, y, r*)}: demonstrations of turning a short rationale into an
-enriched one, from three sources (DESIGN.md 2.1).
+enriched one, from three sources (docs/design.md, "The method").
 
 - derived: rows that pair a short answer with a worked solution (GSM8K train): r0 = the bare final
   answer, r* = the worked solution, one step per line, each marked with a skill by its place (see

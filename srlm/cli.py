@@ -13,7 +13,6 @@ import csv
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -23,7 +22,10 @@ from srlm.config import CONFIG_ENV, HOME_ENV, ConfigError, ExperimentConfig, loa
 from srlm.paths import DEFINITIONS_FILE, REPO_ROOT
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
-DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
+# The Dagster instance's settings, written into a new home's dagster/ (edit them there); a home without them
+# makes Dagster warn on every command. Kept here, not read from the checkout's dagster.yaml (the same
+# settings, for a plain `dagster dev`), so that an installed copy has them too.
+DAGSTER_INSTANCE_SETTINGS = "telemetry:\n  enabled: false\n"
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -33,7 +35,7 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 def prepare_environment(config_path: str | None) -> ExperimentConfig:
     """Load (validate) the config and export what Dagster and its subprocesses need: the config file,
-    SRLM_HOME and DAGSTER_HOME (with the shipped dagster.yaml)."""
+    SRLM_HOME and DAGSTER_HOME (with its dagster.yaml)."""
     if config_path is not None:
         config_path = str(Path(config_path).expanduser().resolve())
         os.environ[CONFIG_ENV] = config_path
@@ -42,7 +44,7 @@ def prepare_environment(config_path: str | None) -> ExperimentConfig:
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     if not (dagster_home / "dagster.yaml").exists():
-        shutil.copyfile(DAGSTER_YAML, dagster_home / "dagster.yaml")
+        (dagster_home / "dagster.yaml").write_text(DAGSTER_INSTANCE_SETTINGS)
     nux = dagster_home / ".nux" / "nux.yaml"  # the UI's first-visit modal, already seen
     if not nux.exists():
         nux.parent.mkdir(exist_ok=True)
@@ -175,8 +177,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         prepare_environment(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
-    # A non-interactive shell starts background jobs with SIGINT ignored; restore it so Ctrl-C and
-    # `kill` stop the UI (STACK-NOTES).
+    # A non-interactive shell starts background jobs with SIGINT ignored, and dagster dev started that way
+    # ignores SIGINT and SIGTERM; restore the defaults (inherited through exec) so Ctrl-C and `kill` stop the UI.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     # dagster from this interpreter, not whichever `dagster` PATH finds (the venv may not be activated)
@@ -209,7 +211,7 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_widt
 
     cells = [[clip(_cell(v)) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    line = lambda values: " | ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    line = lambda values: " | ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
     out = [line(columns), "-+-".join("-" * w for w in widths)] + [line(r) for r in cells]
     out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(out)

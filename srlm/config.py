@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from srlm.arms import SELECTORS, Arm, parse_arm
+from srlm.arms import Arm, parse_arm
 from srlm.kit import KitNotFound, find_data_kit
 from srlm.paths import DEFAULT_CONFIG
 from srlm.voting import check_sample_counts

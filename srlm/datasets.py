@@ -172,16 +172,20 @@ def read_rows(path: str | Path, fmt: str = "auto") -> Iterator[tuple[int, Any]]:
     yield from enumerate(data, start=1)
 
 
-def _read_text(path: Path) -> str:
-    """The file as UTF-8 text, without the byte-order mark some editors write first."""
-    data = path.read_bytes()
+def utf8_text(data: bytes, where: str, error: type[Exception]) -> str:
+    """A file's bytes as UTF-8 text, without the byte-order mark some editors write first; an undecodable
+    byte raises `error` naming its line ("<where>: line N: not UTF-8 text")."""
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise DataFormatError(f"{path}: line {line}: not UTF-8 text ({exc.reason})") from None
+        raise error(f"{where}: line {line}: not UTF-8 text ({exc.reason})") from None
+
+
+def _read_text(path: Path) -> str:
+    return utf8_text(path.read_bytes(), str(path), DataFormatError)
 
 
 def _parse_json(text: str, path: Path, first_line: int, extra_data_hint: str = "") -> Any:

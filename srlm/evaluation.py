@@ -10,7 +10,7 @@
                  (lm-evaluation-harness's "acc"); deterministic, so only N = 1. The row also holds the
                  harness's "acc_norm" choice (`prediction_norm`, `correct_norm`; see `acc_norm_choice`).
 
-Rows: one per question and N, with the columns of the `evals` view (DESIGN.md 4).
+Rows: one per question and N, with the columns of the `evals` view (docs/design.md, "Contracts").
 """
 
 from __future__ import annotations

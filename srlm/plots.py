@@ -13,10 +13,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import polars as pl
 
-from srlm.arms import SELECTORS, leaf_arms, lineage  # noqa: E402
+from srlm.arms import SELECTORS, leaf_arms, lineage
 
 SCORE_QUANTILES = {"p10": 0.1, "median": 0.5, "p90": 0.9}
 

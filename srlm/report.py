@@ -10,14 +10,15 @@ from pathlib import Path
 
 import polars as pl
 
-from srlm import enrichment, plots
+from srlm import plots
 from srlm.sqlfiles import sql_text
+from srlm.warehouse import catalog_storage, list_tables, query_read_only
 
 
 def headline_query() -> str:
     """sql/comparison_headline.sql over the warehouse's eval.comparison view."""
     return f"WITH comparison AS (SELECT * FROM eval.comparison) {sql_text('comparison_headline')}"
-from srlm.warehouse import catalog_storage, list_tables, query_read_only
+
 
 VERDICTS_QUERY = """
 select checkpoint, reference, benchmark, n_samples as N, metric, questions,

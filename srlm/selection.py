@@ -7,7 +7,7 @@ from typing import Iterable
 
 import pyarrow as pa
 
-from srlm.config import SELECTORS
+from srlm.arms import SELECTORS
 from srlm.sqlfiles import run_query, run_sql, sql_version
 
 Source = pa.Table | str | Path  # an Arrow table or a Parquet file

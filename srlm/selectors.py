@@ -1,4 +1,4 @@
-"""The three answer-format-agnostic selectors (DESIGN.md 2.5), as pure functions.
+"""The three answer-format-agnostic selectors (docs/design.md, "The method"), as pure functions.
 
 Each gives every candidate rationale a score, higher is better; SQL (sql/select_<name>.sql) then keeps
 the best candidate per example. None of them parses answers.

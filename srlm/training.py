@@ -263,7 +263,7 @@ def run_training(
     total, _ = plan_steps(len(encoded), settings)
     say(
         f"train: {len(encoded)} examples, {total} steps of {settings.batch_size}x{settings.grad_accum} on "
-        f"{accelerator.num_processes} process(es) ({accelerator.distributed_type.value}), "
+        f"{accelerator.num_processes} process(es){_distribution(accelerator)}, "
         f"{n_trainable:,} trainable parameters, "
         f"{accelerator.device}{'' if accelerator.mixed_precision == 'no' else f' {accelerator.mixed_precision} autocast'}"
         f"{', gradient checkpointing' if settings.gradient_checkpointing else ''}"
@@ -387,6 +387,12 @@ def _optimize(accelerator, net, optimizer, encoded, pad_id, settings: TrainSetti
         if (step + 1) % max(settings.log_every, 1) == 0 or step + 1 == total:
             log(f"train: step {step + 1}/{total} loss {step_loss:.4f} ({time.perf_counter() - started:.0f}s)")
     return loss_curve, completion_tokens
+
+
+def _distribution(accelerator) -> str:
+    """How the processes share the work, for the log ("" for one process: accelerate calls that "NO")."""
+    kind = accelerator.distributed_type.value
+    return "" if kind == "NO" else f" ({kind})"
 
 
 def _forward_backward(accelerator, net, shares: list[list[EncodedExample]], pad_id: int, step_tokens: int) -> torch.Tensor:

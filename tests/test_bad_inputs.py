@@ -195,12 +195,12 @@ def test_a_loadable_catalyst_file_accounts_for_every_row(file, columns, account,
 
 BENCHMARK_ERRORS = [
     ("gsm8k_missing_answer", "gsm8k", r"gsm8k/test\.jsonl, line 2: field 'answer' is missing or not a string"),
-    ("gsm8k_invalid_utf8", "gsm8k", r"gsm8k/test\.jsonl, line 2: not UTF-8 text \(invalid continuation byte\)"),
+    ("gsm8k_invalid_utf8", "gsm8k", r"gsm8k/test\.jsonl: line 2: not UTF-8 text \(invalid continuation byte\)"),
     ("gsm8k_empty", "gsm8k", r"gsm8k_empty/eval/gsm8k: gsm8k \(test\) holds no questions"),
     ("gsm8k_word_answer", "gsm8k", r"gsm8k/test\.jsonl, line 2: the final answer 'eight' is not a number"),
     ("arc_deep_nesting", "arc_challenge", r"arc_challenge/test\.jsonl, line 1: invalid JSON \(nested too deeply to read\)"),
     ("arc_not_object", "arc_challenge", r"arc_challenge/test\.jsonl, line 2: expected a JSON object"),
-    ("mmlu_invalid_utf8", "mmlu", r"astronomy_test\.csv, line 2: not UTF-8 text"),
+    ("mmlu_invalid_utf8", "mmlu", r"astronomy_test\.csv: line 2: not UTF-8 text"),
     ("mmlu_bad_answer", "mmlu", r"astronomy_test\.csv, row 1 \(line 1\): answer 'E' is not one of A, B, C, D"),
     ("bbh_not_object", "bbh", r"boolean_expressions\.json, examples\[0\]: expected an object with input and target"),
 ]

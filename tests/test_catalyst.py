@@ -11,11 +11,11 @@ from fake_openai_server import FakeOpenAIServer
 
 from srlm import prompts
 from srlm.catalyst import derive, read_catalyst_file, steps_as_rationale, teach
-from srlm.prompts import skills_used
 from srlm.config import CatalystColumns, FileCatalyst, InstructionSource
 from srlm.datasets import CALC_ANNOTATION, DataFormatError, Example, load_instructions
 from srlm.engines.openai_engine import OpenAIChatEngine, OpenAIEngineConfig, OpenAIEngineError
 from srlm.engines.types import SamplingParams
+from srlm.prompts import skills_used
 
 GSM8K_TRAIN = FIXTURE_KIT / "instruct" / "gsm8k_train" / "train.jsonl"
 MARK = re.compile(r"^\[(decomposition|detail|summary)\] ")
@@ -135,7 +135,7 @@ def test_read_jsonl_keeps_good_rows_and_rejects_bad_ones_with_reasons(tmp_path):
 
 def test_read_parquet_with_mapped_columns_and_ids(tmp_path):
     mapping = {"instruction": "q", "input": "ctx", "short_rationale": "r0", "output": "y", "rationale": "r_star"}
-    rename = lambda row: {mapping.get(k, k): v for k, v in row.items()}  # noqa: E731
+    rename = lambda row: {mapping.get(k, k): v for k, v in row.items()}
     rows = [{**rename(GOOD), "uid": "a"}, {**rename(GOOD), "q": "Other", "uid": "b"}, {**rename(GOOD), "q": "Again", "uid": "a"}]
     path = tmp_path / "cat.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)

@@ -69,7 +69,7 @@ def test_comparison_reads_every_evaluation(defs):
 
 def test_groups(defs):
     graph = defs.resolve_asset_graph()
-    group = lambda k: graph.get(dg.AssetKey.from_user_string(k)).group_name  # noqa: E731
+    group = lambda k: graph.get(dg.AssetKey.from_user_string(k)).group_name
     assert group("data/instructions") == "data"
     assert group("model/base") == "model"
     assert group("srlm_iter_0/checkpoint") == "srlm_iter_0"
@@ -118,5 +118,5 @@ def test_arms_name_their_selector_and_a_bare_arm_takes_the_default(micro_config)
 
 def test_selection_code_version_follows_the_arm_selector(defs):
     graph = defs.resolve_asset_graph()
-    version = lambda k: graph.get(dg.AssetKey.from_user_string(k)).code_version  # noqa: E731
+    version = lambda k: graph.get(dg.AssetKey.from_user_string(k)).code_version
     assert version("srlm_length_iter_1/selected") != version("srlm_likelihood_iter_1/selected")

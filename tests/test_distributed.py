@@ -167,10 +167,10 @@ def test_vllm_scoring_rows_keep_the_continuation_and_room_for_one_token(engine):
 def test_vllm_adapters_go_per_row_by_path_or_by_name_under_the_stored_checkpoints(tmp_path):
     assert ray_vllm.lora_target(None, Storage(tmp_path)) == (None, None)
     assert ray_vllm.lora_target("/home/x/checkpoints/iter_1/M1-a", Storage(tmp_path)) == ("/home/x/checkpoints/iter_1/M1-a", None)
-    s3 = Storage("s3://bucket/exp")
-    assert ray_vllm.lora_target("s3://bucket/exp/checkpoints/iter_1/M1-a", s3) == ("iter_1/M1-a", "s3://bucket/exp/checkpoints")
+    store = Storage("s3://bucket/exp")
+    assert ray_vllm.lora_target("s3://bucket/exp/checkpoints/iter_1/M1-a", store) == ("iter_1/M1-a", "s3://bucket/exp/checkpoints")
     with pytest.raises(ValueError, match="loads stored adapters from s3://bucket/exp/checkpoints/"):
-        ray_vllm.lora_target("s3://elsewhere/M1-a", s3)
+        ray_vllm.lora_target("s3://elsewhere/M1-a", store)
 
 
 def test_the_real_vllm_processor_accepts_the_config_and_the_rows(engine):
@@ -342,7 +342,8 @@ def _assert_ray_metadata(home):
 # ------------------------------------------------------------------------------------------- on an object store
 
 
-def test_parts_and_adapters_on_an_object_store(s3, tmp_path, monkeypatch):
+# `s3` is test_storage's fixture, imported above so that pytest finds it; pyflakes reads the parameter as a redefinition
+def test_parts_and_adapters_on_an_object_store(s3, tmp_path, monkeypatch):  # noqa: F811
     """Rows land on the storage as the tables do, and an actor fetches a stored adapter to its node once."""
     from srlm.checkpoints import commit_checkpoint
 

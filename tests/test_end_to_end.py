@@ -10,11 +10,11 @@ import sys
 import dagster as dg
 import pytest
 import yaml
+from conftest import run_micro_experiment
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
-from conftest import run_micro_experiment
 from srlm.config import load_config
 from srlm.warehouse import query_read_only
 

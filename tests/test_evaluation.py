@@ -224,5 +224,5 @@ def test_evaluate_end_to_end_with_the_tiny_model():
     # deterministic: the same seed gives the same rows
     assert evaluate(questions, protocols, engine, None, settings) == rows
     again = evaluate_loglikelihood(questions["mmlu"], engine, None)
-    flat = lambda rs: [x for r in rs for x in r["choice_logprobs"]]  # noqa: E731
+    flat = lambda rs: [x for r in rs for x in r["choice_logprobs"]]
     assert flat(again) == pytest.approx(flat(mc[2:]), abs=1e-4)  # batched with other questions or not

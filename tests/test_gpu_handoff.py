@@ -10,12 +10,12 @@ from types import SimpleNamespace
 
 import dagster as dg
 import pytest
+from tiny_model import tiny_model_dir
 
 from resources import GenerationResource, ParquetIOManager, TrainingResource, WarehouseResource, build_resources
 from srlm.config import load_config
 from srlm.engines.types import SamplingParams
 from srlm.engines.vllm_engine import VLLMEngineConfig, vllm_lora_rank
-from tiny_model import tiny_model_dir
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=4)
 

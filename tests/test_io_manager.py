@@ -7,7 +7,7 @@ import pytest
 
 from resources import ParquetIOManager, WarehouseResource
 from resources.warehouse import PREVIEW_CHARS, PREVIEW_ROWS, markdown_preview
-from srlm.warehouse import query_read_only
+from srlm.warehouse import list_tables, query_read_only
 
 KEY = dg.AssetKey(["data", "stub"])  # no union view reads it, so any columns do
 
@@ -102,7 +102,7 @@ def test_the_warehouse_resource_reads_tables_and_names_missing_ones(tmp_path):
         warehouse.read(KEY.path)
     materialize(tmp_path, stub_table)
     assert warehouse.read(KEY.path)["n_tokens"].to_list() == [4, 5, 6]
-    assert warehouse.tables() == {"data.stub": tmp_path / "tables" / "data" / "stub.parquet"}
+    assert list_tables(warehouse.storage) == {"data.stub": tmp_path / "tables" / "data" / "stub.parquet"}
 
 
 def test_tables_can_live_in_another_folder_than_the_home(tmp_path):
@@ -110,5 +110,5 @@ def test_tables_can_live_in_another_folder_than_the_home(tmp_path):
     place = {"home": str(home), "storage_root": str(elsewhere)}
     dg.materialize([stub_table], resources={"io_manager": ParquetIOManager(**place)}, instance=dg.DagsterInstance.ephemeral())
     assert not (home / "tables").exists() and (home / "warehouse.duckdb").is_file()
-    assert WarehouseResource(**place).tables() == {"data.stub": elsewhere / "tables" / "data" / "stub.parquet"}
+    assert list_tables(WarehouseResource(**place).storage) == {"data.stub": elsewhere / "tables" / "data" / "stub.parquet"}
     assert query_read_only(home, "select count(*) from data.stub")[1] == [(3,)]

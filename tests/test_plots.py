@@ -110,7 +110,7 @@ def test_score_summary_without_finite_scores_has_no_statistics():
 
 
 def test_plots_use_the_configured_selectors():
-    from srlm.config import SELECTORS
+    from srlm.arms import SELECTORS
 
     assert plots.SELECTORS is SELECTORS
 

@@ -4,10 +4,10 @@ import io
 
 import polars as pl
 import pytest
+from conftest import put_table as put
 from PIL import Image
 
 from assets import schemas
-from conftest import put_table as put
 from srlm import plots, report
 from srlm.cli import main
 from srlm.warehouse import refresh_catalog

@@ -93,7 +93,7 @@ def test_length_and_degeneration():
 def test_likelihood_is_with_minus_without_rationale():
     engine, _, rows = run()
     expected = {"c1": 0.5, "c2": 1.25, "c3": -0.75, "p1": 0.25, "c4": 0.0, "c7": 2.0}
-    for (cid, role), row in rows.items():
+    for (cid, _role), row in rows.items():
         base = -2.0 if row["example_id"] == "e1" else -3.0
         assert row["logp_without"] == base
         assert row["logp_with_rationale"] == pytest.approx(base + GAINS.get(dict((i.candidate_id, i.text) for i in ITEMS)[cid], 0.0))

@@ -1,4 +1,4 @@
-"""The three selectors on hand-built cases (DESIGN.md 2.5)."""
+"""The three selectors on hand-built cases (docs/design.md, "The method")."""
 
 import math
 

@@ -138,7 +138,7 @@ def test_the_read_only_view_reads_byte_for_byte():
 def warehouse(s3, tmp_path):
     """A home whose catalog reads tables on S3; a file outside tables/ and a local secret beside them."""
     home = tmp_path / "home"
-    put = lambda key, table: s3.write_parquet(table, table_path(s3, key))  # noqa: E731
+    put = lambda key, table: s3.write_parquet(table, table_path(s3, key))
     put(("data", "instructions"), pa.table({"example_id": ["e1", "e2"], "instruction": ["x", "y"]}))
     put(("iter_1", "candidates"), candidates(1, [("c1", "e1", "e1", "M0-a", "r1"), ("c2", "e2", "e2", "M0-a", "r2")]))
     put(("iter_2", "candidates"), candidates(2, [("c3", "e1", "c1", "M1-b", "r1 longer")]))

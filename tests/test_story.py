@@ -1,9 +1,9 @@
 """One rationale's story (the `story` metadata of iter_t/selected), from a hand-made two-iteration warehouse."""
 
 import pytest
+from conftest import put_table
 
 from assets import schemas
-from conftest import put_table
 from srlm.story import rationale_story
 from srlm.warehouse import refresh_catalog
 

@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import run_micro_experiment
+
 from srlm.warehouse import query_read_only
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -55,9 +55,10 @@ def ui(tmp_path_factory):
             try:
                 urllib.request.urlopen(url + "/server_info", timeout=2)
                 break
-            except OSError:
+            except OSError as err:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError("the Dagster UI did not start:\n" + (directory / "ui.log").read_text()[-3000:])
+                    log = (directory / "ui.log").read_text()[-3000:]
+                    raise AssertionError("the Dagster UI did not start:\n" + log) from err
                 time.sleep(1)
         yield url, home
     finally:

@@ -16,8 +16,9 @@ def test_importing_the_module_does_not_import_vllm():
 
 
 def test_missing_vllm_gives_an_install_hint(monkeypatch):
-    import srlm.engines.vllm_engine as m
     from tiny_model import tiny_model_dir
+
+    import srlm.engines.vllm_engine as m
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(ImportError, match=r"\.\[gpu\]"):

@@ -73,9 +73,10 @@ def _cache_root() -> Path:
 
 
 def _key(*parts: str) -> str:
+    import transformers
+
     import srlm.bootstrap
     import srlm.training
-    import transformers
 
     h = hashlib.sha256()
     for part in (

@@ -64,15 +64,22 @@ class LogProb:
         return self.total / self.n_tokens if self.n_tokens else 0.0
 
 
-class GenerationEngine(Protocol):
+class Tokenizing(Protocol):
+    """What needs only the model's tokenizer: rendering chats and counting tokens (no weights loaded)."""
+
+    max_length: int  # usable context in tokens
+
+    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+
+class Engine(Tokenizing, Protocol):
+    """The one engine interface assets and pure functions are written against: the transformers and vLLM
+    engines, the Ray executor's engine, an OpenAI-compatible endpoint (generation only) and the tests' fake."""
+
     def generate(
         self, prompts: Sequence[Prompt], params: SamplingParams, adapter: str | None = None
     ) -> list[GenerationOutput]: ...
 
-
-class ScoringEngine(Protocol):
-    def logprobs(
-        self, requests: Sequence[tuple[str, str]], adapter: str | None = None
-    ) -> list[LogProb]: ...
-
-    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str: ...
+    def logprobs(self, requests: Sequence[tuple[str, str]], adapter: str | None = None) -> list[LogProb]: ...
