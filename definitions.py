@@ -4,12 +4,13 @@ import dagster as dg
 
 from assets import build_assets
 from assets.checks import build_checks
-from assets.evaluation import COMPARISON, SCALING, SUMMARY, eval_key
-from assets.iteration import key
+from assets.evaluation import COMPARISON, SCALING, SUMMARY
+from assets.tables import table_key
 from resources import build_resources
 from srlm.arms import BASE_STAGE, Arm, chain
 from srlm.config import ExperimentConfig, load_config
 from srlm.progress import PROGRESS_LOGGER, progress_logger
+from srlm.schemas import CHECKPOINT_TABLE, EVAL_TABLE, SELECTOR_CHOICES_TABLE
 
 EXPERIMENT_JOB = "experiment"
 
@@ -24,10 +25,10 @@ def arm_jobs(cfg: ExperimentConfig) -> list:
     summaries = dg.AssetSelection.assets(SUMMARY, SCALING, COMPARISON) if cfg.eval.enabled else dg.AssetSelection.assets()
     for arm in cfg.arms:
         arm_chain = chain(arm, cfg.experiment.iterations)
-        last = {key(stage.schema, "checkpoint") for stage in arm_chain}
-        last |= {key(stage.generation_schema, "selector_choices") for stage in arm_chain if stage.generation_schema}
+        last = {table_key(CHECKPOINT_TABLE, stage) for stage in arm_chain}
+        last |= {table_key(SELECTOR_CHOICES_TABLE, stage) for stage in arm_chain if stage.generation_schema}
         if cfg.eval.enabled:
-            last |= {eval_key(stage) for stage in arm_chain} | {eval_key(BASE_STAGE)}
+            last |= {table_key(EVAL_TABLE, stage) for stage in [BASE_STAGE, *arm_chain]}
         jobs.append(
             dg.define_asset_job(
                 arm_job_name(arm),

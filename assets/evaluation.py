@@ -2,30 +2,27 @@
 and the SQL summaries (accuracy per checkpoint x benchmark; accuracy vs number of voted samples)."""
 
 import hashlib
-from typing import Optional
 
 import dagster as dg
 import polars as pl
-from pydantic import Field, create_model
 
-from assets import schemas
 from assets.data import BASE_MODEL
-from assets.iteration import key
-from assets.tables import code_version, frame, table_output
+from assets.launchpad import eval_config_class, questions_config_class
+from assets.tables import asset_key, code_version, frame, table_key, table_output
 from resources import GenerationResource, WarehouseResource
-from srlm import answer_extraction, benchmarks, comparison, evaluation, plots, stats, voting
-from srlm.arms import BASE_STAGE, Stage, comparison_pairs, stages
-from srlm.benchmarks import Question, read_benchmark, sample_questions
+from srlm import answer_extraction, benchmarks, comparison, evaluation, plots, registry, stats, voting
+from srlm.arms import BASE_STAGE, Stage, comparison_pairs, evaluated
+from srlm.benchmarks import question_row, read_benchmark, sample_questions
 from srlm.comparison import comparison_rows
 from srlm.config import ExperimentConfig
-from srlm.evaluation import EvalSettings, accuracy_at_smallest_n, evaluate
+from srlm.evaluation import EvalSettings, accuracy_at_smallest_n, evaluate, questions_by_benchmark
+from srlm.schemas import CHECKPOINT_TABLE, EVAL_COMPARISON, EVAL_TABLE, QUESTIONS as QUESTION_COLUMNS
 from srlm.sqlfiles import run_sql, sql_version
 
-QUESTIONS = dg.AssetKey(["eval", "questions"])
-BASE_EVAL = dg.AssetKey(["eval", "base_model"])
-SUMMARY = dg.AssetKey(["eval", "summary"])
-SCALING = dg.AssetKey(["eval", "scaling"])
-COMPARISON = dg.AssetKey(["eval", "comparison"])
+QUESTIONS = asset_key(registry.QUESTIONS)
+SUMMARY = asset_key(registry.SUMMARY)
+SCALING = asset_key(registry.SCALING)
+COMPARISON = asset_key(registry.COMPARISON)
 
 
 def _source_version(*modules) -> str:
@@ -35,26 +32,6 @@ def _source_version(*modules) -> str:
 
 
 EVAL_RECIPE = _source_version(benchmarks, answer_extraction, evaluation, voting)
-
-
-def questions_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
-    """Launchpad knobs of eval/questions: how many questions of each benchmark are evaluated."""
-    fields = {
-        f"{name}_limit": (Optional[int], Field(default=b.limit, ge=1, description=f"{name}: questions evaluated (empty = all)"))
-        for name, b in cfg.eval.enabled.items()
-    }
-    return create_model("QuestionsConfig", __base__=dg.Config, **fields)
-
-
-def eval_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
-    """Launchpad knobs of every evaluation: the N of inference-time scaling and the sampling temperature."""
-    e = cfg.eval
-    return create_model(
-        "EvalConfig",
-        __base__=dg.Config,
-        samples=(list[int], Field(default=list(e.samples), min_length=1, description="N values: majority vote over N sampled answers")),
-        temperature=(float, Field(default=e.temperature, ge=0, le=10, description="sampling temperature of the generate protocol")),
-    )
 
 
 def eval_settings(cfg: ExperimentConfig, config: dg.Config, asset_key: dg.AssetKey) -> EvalSettings:
@@ -67,19 +44,6 @@ def eval_settings(cfg: ExperimentConfig, config: dg.Config, asset_key: dg.AssetK
         top_p=cfg.eval.top_p,
         max_new_tokens=cfg.eval.max_new_tokens,
         seed=cfg.eval.seed,
-    )
-
-
-def to_question(row: dict) -> Question:
-    return Question(
-        benchmark=row["benchmark"],
-        question_id=row["question_id"],
-        subset=row["subset"],
-        question=row["question"],
-        choices=tuple(row["choices"]),
-        labels=tuple(row["labels"]),
-        answer=row["answer"],
-        gold_index=row["gold_index"],
     )
 
 
@@ -106,71 +70,49 @@ def build_evaluation_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
             limit = getattr(config, f"{name}_limit")
             chosen = {q.question_id for q in sample_questions(all_questions, limit, cfg.eval.seed)}
             context.log.info(f"{name}: {len(all_questions)} questions, {len(chosen)} evaluated ({bench.protocol})")
-            rows += [
-                {
-                    "benchmark": q.benchmark,
-                    "question_id": q.question_id,
-                    "subset": q.subset,
-                    "question": q.question,
-                    "choices": list(q.choices),
-                    "labels": list(q.labels),
-                    "answer": q.answer,
-                    "gold_index": q.gold_index,
-                    "protocol": bench.protocol,
-                    "sampled": q.question_id in chosen,
-                }
-                for q in all_questions
-            ]
-        df = frame(rows, schemas.QUESTIONS)
+            rows += [question_row(q, bench.protocol, q.question_id in chosen) for q in all_questions]
+        df = frame(rows, QUESTION_COLUMNS)
         counts = df.group_by("benchmark").agg(pl.len(), pl.col("sampled").sum()).sort("benchmark")
         meta = {f"{r['benchmark']}": f"{r['sampled']} of {r['len']}" for r in counts.iter_rows(named=True)}
         return table_output(df, meta)
 
-    assets = [questions, _evaluation(cfg, BASE_STAGE, None)]
-    assets += [_evaluation(cfg, stage, key(stage.schema, "checkpoint")) for stage in stages(cfg.arms, cfg.experiment.iterations)]
+    assets = [questions] + [_evaluation(cfg, stage) for stage in evaluated(cfg.arms, cfg.experiment.iterations)]
     keys = eval_keys(cfg)
     assets += [_sql_summary(SUMMARY, "eval_summary", keys), _sql_summary(SCALING, "eval_scaling", keys), _comparison(cfg, keys)]
     return assets
 
 
-def eval_key(stage: Stage) -> dg.AssetKey:
-    return BASE_EVAL if stage is BASE_STAGE else key(stage.schema, "eval")
-
-
 def eval_keys(cfg: ExperimentConfig) -> list[dg.AssetKey]:
     """Every evaluation asset: the base model's, then each checkpoint's."""
-    return [eval_key(BASE_STAGE)] + [eval_key(s) for s in stages(cfg.arms, cfg.experiment.iterations)]
+    return [table_key(EVAL_TABLE, stage) for stage in evaluated(cfg.arms, cfg.experiment.iterations)]
 
 
-def _evaluation(cfg: ExperimentConfig, stage: Stage, checkpoint_key: dg.AssetKey | None) -> dg.AssetsDefinition:
+def _evaluation(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     EvalConfig = eval_config_class(cfg)
-    asset_key = eval_key(stage)
+    key = table_key(EVAL_TABLE, stage)
+    evaluates_checkpoint = stage is not BASE_STAGE
     protocols = {name: b.protocol for name, b in cfg.eval.enabled.items()}
     ins = {"questions": dg.AssetIn(QUESTIONS), "base": dg.AssetIn(BASE_MODEL)}
-    if checkpoint_key is not None:
-        ins["checkpoint"] = dg.AssetIn(checkpoint_key)
+    if evaluates_checkpoint:
+        ins["checkpoint"] = dg.AssetIn(table_key(CHECKPOINT_TABLE, stage))
 
     def run(context, config, generation: GenerationResource, questions: pl.DataFrame, base: pl.DataFrame, checkpoint):
-        settings = eval_settings(cfg, config, asset_key)
+        settings = eval_settings(cfg, config, key)
         model = checkpoint if checkpoint is not None else base
-        sampled = questions.filter(pl.col("sampled"))
-        by_benchmark = {
-            name: [to_question(r) for r in sampled.filter(pl.col("benchmark") == name).iter_rows(named=True)]
-            for name in protocols
-        }
+        by_benchmark = questions_by_benchmark(questions, protocols)
         storage = cfg.paths.open_storage()
         # the local engine, or Ray Data jobs whose rows land under shards/<asset key> (srlm/distributed.py)
-        engine = generation.runner(base["path"][0], storage, storage.join("shards", *asset_key.path))
+        engine = generation.runner(base["path"][0], storage, storage.join("shards", *key.path))
         # local engines read a local folder (an object store's checkpoint through the home's cache); Ray's actors fetch it
         adapter = generation.adapter(checkpoint["path"][0], storage, str(cfg.home)) if checkpoint is not None else None
         rows = evaluate(by_benchmark, protocols, engine, adapter, settings, log=context.log.info)
         ident = {"checkpoint_id": model["checkpoint_id"][0], "arm": stage.arm, "iteration": int(model["iteration"][0])}
-        df = frame(({**ident, **r} for r in rows), schemas.EVALS)
+        df = frame(({**ident, **r} for r in rows), EVAL_TABLE.columns)
         meta = {f"accuracy/{b}": a for b, a in accuracy_at_smallest_n(rows).items()}
         return table_output(df, {"checkpoint_id": ident["checkpoint_id"], **meta, **generation.job_metadata(engine)})
 
     # Dagster reads an asset's inputs and config from its signature, so both variants are spelled out.
-    if checkpoint_key is None:
+    if not evaluates_checkpoint:
 
         def evaluation(context: dg.AssetExecutionContext, config: EvalConfig, generation: GenerationResource, questions: pl.DataFrame, base: pl.DataFrame):  # type: ignore[valid-type]
             return run(context, config, generation, questions, base, None)
@@ -181,7 +123,7 @@ def _evaluation(cfg: ExperimentConfig, stage: Stage, checkpoint_key: dg.AssetKey
             return run(context, config, generation, questions, base, checkpoint)
 
     return dg.asset(
-        key=asset_key,
+        key=key,
         ins=ins,
         group_name="eval" if stage is BASE_STAGE else stage.schema,
         kinds={"pytorch", "polars", "parquet"},
@@ -200,7 +142,7 @@ PLOTS = {
 }
 
 
-def _sql_summary(asset_key: dg.AssetKey, query: str, eval_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
+def _sql_summary(key: dg.AssetKey, query: str, eval_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
     descriptions = {
         "eval_summary": "Accuracy per checkpoint x benchmark (at N=1 and at the largest N), with the change against "
         "the previous iteration and against the base model (sql/eval_summary.sql).",
@@ -209,7 +151,7 @@ def _sql_summary(asset_key: dg.AssetKey, query: str, eval_keys: list[dg.AssetKey
     }
 
     @dg.asset(
-        key=asset_key,
+        key=key,
         deps=eval_keys,
         group_name="eval",
         kinds={"duckdb", "sql", "parquet"},
@@ -228,7 +170,7 @@ def _sql_summary(asset_key: dg.AssetKey, query: str, eval_keys: list[dg.AssetKey
 def _read_evals(warehouse: WarehouseResource, keys: list[dg.AssetKey]) -> pl.DataFrame:
     """Every evaluation table materialized so far (a run of one arm leaves the others' absent)."""
     tables = [warehouse.read(k.path) for k in keys if warehouse.exists(k.path)]
-    return pl.concat(tables, how="diagonal_relaxed") if tables else frame([], schemas.EVALS)
+    return pl.concat(tables, how="diagonal_relaxed") if tables else frame([], EVAL_TABLE.columns)
 
 
 def _comparison(cfg: ExperimentConfig, keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
@@ -250,7 +192,7 @@ def _comparison(cfg: ExperimentConfig, keys: list[dg.AssetKey]) -> dg.AssetsDefi
     def comparison_table(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         evals = _read_evals(warehouse, keys)
         rows = comparison_rows(evals, pairs, cfg.eval.comparison_resamples, cfg.eval.seed)
-        df = frame(rows, schemas.EVAL_COMPARISON)
+        df = frame(rows, EVAL_COMPARISON)
         for sentence in run_sql("comparison_headline", {"comparison": df.to_arrow()})["sentence"].to_pylist():
             context.log.info(sentence)
         verdicts = dict(df.group_by("verdict").len().iter_rows()) if df.height else {}

@@ -12,66 +12,42 @@ the parent of its candidates).
 """
 
 
-from typing import Optional
-
 import dagster as dg
 import polars as pl
-from pydantic import Field, create_model
 
-from assets import schemas
 from assets.data import BASE_MODEL, CATALYST, INSTRUCTIONS
-from assets.tables import code_version, fingerprint, frame, table_output
+from assets.launchpad import expand_config_class, select_config_class
+from assets.tables import code_version, fingerprint, frame, table_key, table_output
 from resources import GenerationResource, TrainingResource, WarehouseResource
 from srlm import enrichment, plots, prompts
-from srlm.arms import SELECTORS, Stage, stages
+from srlm.arms import Stage, stages
+from srlm.checkpoint_rows import checkpoint_metadata, checkpoint_prefix, checkpoint_row
 from srlm.checkpoints import checkpoint_id_for, commit_checkpoint, local_checkpoint
 from srlm.config import ExperimentConfig
 from srlm.engines.types import SamplingParams
-from srlm.expansion import ExpansionSettings, expand, prompt_version, recipe_key
-from srlm.scoring import Reference, Scorable, score
-from srlm.selection import count_examples, select_best, select_with_every_selector, selection_sql_version
+from srlm.expansion import ExpansionSettings, candidates_metadata, expand, prompt_version, recipe_key
+from srlm.registry import CANDIDATE, ENRICH, selector_names
+from srlm.schemas import (
+    CANDIDATES_TABLE,
+    CHECKPOINT_TABLE,
+    SCORES_TABLE,
+    SELECTED_TABLE,
+    SELECTOR_CHOICES_TABLE,
+    TRAINING_EXAMPLES_TABLE,
+)
+from srlm.scoring import score, scoring_inputs
+from srlm.selection import (
+    agreement,
+    count_examples,
+    select_best,
+    select_with_every_selector,
+    selection_metadata,
+    selection_sql_version,
+)
 from srlm.sqlfiles import run_sql, sql_version
 from srlm.storage import StoredFile
 from srlm.story import rationale_story
-from srlm.training_sets import expansion_tasks, initial_rows, next_rows
-
-
-def key(schema: str, name: str) -> dg.AssetKey:
-    return dg.AssetKey([schema, name])
-
-
-def generation_arm(stage: Stage) -> str:
-    """The `arm` of a stage's candidates and scores: "srlm" when the SRLM arms share them."""
-    return "srlm" if stage.generation_schema == "srlm_iter_1" else stage.arm
-
-
-def expand_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
-    """Launchpad knobs of the candidates; defaults come from the experiment config."""
-    e = cfg.expand
-    return create_model(
-        "ExpandConfig",
-        __base__=dg.Config,
-        candidates=(int, Field(default=e.candidates, ge=1, le=1024, description="N: candidates per example")),
-        temperature=(float, Field(default=e.temperature, ge=0, le=10, description="sampling temperature (0 = greedy)")),
-        top_p=(float, Field(default=e.top_p, gt=0, le=1, description="nucleus sampling mass, in (0, 1]")),
-        max_new_tokens=(int, Field(default=e.max_new_tokens, ge=1, description="longest candidate rationale, in tokens")),
-    )
-
-
-def select_config_class(cfg: ExperimentConfig) -> type[dg.Config]:
-    """Launchpad knob of a selection (the selector is the arm's); default from the experiment config."""
-    return create_model(
-        "SelectConfig",
-        __base__=dg.Config,
-        margin=(
-            Optional[float],
-            Field(default=cfg.select.margin, ge=0, description="keep a winner only if it beats its parent by more than this (empty: always)"),
-        ),
-    )
-
-
-def answer_rows(df: pl.DataFrame) -> pl.DataFrame:
-    return df.filter(pl.col("task") == "answer")
+from srlm.training_sets import chosen_rationales, expansion_tasks, initial_rows, next_rows, training_metadata
 
 
 def build_iteration_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
@@ -87,19 +63,12 @@ def build_iteration_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
     return assets
 
 
-def _training_metadata(df: pl.DataFrame) -> dict:
-    answers = answer_rows(df)
-    with_rationale = answers.filter(pl.col("rationale") != "")
-    return {
-        "answer_examples": answers.height,
-        "enrich_examples": df.height - answers.height,
-        "answers_with_rationale": with_rationale.height,
-        "mean_rationale_chars": float(with_rationale["rationale"].str.len_chars().mean() or 0.0),
-    }
-
-
 def _tags(stage: Stage) -> dict[str, str]:
     return {"arm": stage.arm.replace("/", "_")}
+
+
+def _generation_tags(stage: Stage) -> dict[str, str]:
+    return {"arm": stage.generation_arm.replace("/", "_")}
 
 
 # ----------------------------------------------------------------------------------------------- training sets
@@ -114,8 +83,8 @@ def _initial_training_examples(stage: Stage) -> dg.AssetsDefinition:
     def build(generation: GenerationResource, instructions: pl.DataFrame, base: pl.DataFrame, catalyst: pl.DataFrame | None):
         tokenizer = generation.tokenizer(base["path"][0])
         rows = initial_rows(stage.arm, instructions.iter_rows(named=True), catalyst.iter_rows(named=True) if catalyst is not None else None, tokenizer.render_chat)
-        df = frame(rows, schemas.TRAINING_EXAMPLES)
-        return table_output(df, _training_metadata(df))
+        df = frame(rows, TRAINING_EXAMPLES_TABLE.columns)
+        return table_output(df, training_metadata(df))
 
     # Dagster reads an asset's inputs from its signature, so the two variants are spelled out.
     if stage.uses_catalyst:
@@ -130,7 +99,7 @@ def _initial_training_examples(stage: Stage) -> dg.AssetsDefinition:
 
     versions = (prompts.ANSWER_FORMAT_VERSION, prompts.ENRICH_VERSION) if stage.uses_catalyst else (prompts.ANSWER_FORMAT_VERSION,)
     return dg.asset(
-        key=key(stage.schema, "training_examples"),
+        key=table_key(TRAINING_EXAMPLES_TABLE, stage),
         ins=ins,
         group_name=stage.schema,
         kinds={"polars", "parquet"},
@@ -142,11 +111,11 @@ def _initial_training_examples(stage: Stage) -> dg.AssetsDefinition:
 
 def _training_examples(stage: Stage) -> dg.AssetsDefinition:
     @dg.asset(
-        key=key(stage.schema, "training_examples"),
+        key=table_key(TRAINING_EXAMPLES_TABLE, stage),
         ins={
-            "previous_examples": dg.AssetIn(key(stage.previous.schema, "training_examples")),
-            "selected": dg.AssetIn(key(stage.schema, "selected")),
-            "candidates": dg.AssetIn(key(stage.generation_schema, "candidates")),
+            "previous_examples": dg.AssetIn(table_key(TRAINING_EXAMPLES_TABLE, stage.previous)),
+            "selected": dg.AssetIn(table_key(SELECTED_TABLE, stage)),
+            "candidates": dg.AssetIn(table_key(CANDIDATES_TABLE, stage)),
         },
         group_name=stage.schema,
         kinds={"polars", "parquet"},
@@ -159,12 +128,12 @@ def _training_examples(stage: Stage) -> dg.AssetsDefinition:
         code_version=code_version(prompts.ANSWER_FORMAT_VERSION, "training-examples-v2"),
     )
     def training_examples(previous_examples: pl.DataFrame, selected: pl.DataFrame, candidates: pl.DataFrame):
-        chosen = selected.join(candidates.select("candidate_id", "text"), on="candidate_id", how="left")
-        new_rationale = {r["example_id"]: (r["candidate_id"], r["text"]) for r in chosen.iter_rows(named=True)}
-        df = frame(next_rows(stage.arm, stage.iteration, previous_examples.iter_rows(named=True), new_rationale), schemas.TRAINING_EXAMPLES)
+        new_rationale = chosen_rationales(selected, candidates)
+        rows = next_rows(stage.arm, stage.iteration, previous_examples.iter_rows(named=True), new_rationale)
+        df = frame(rows, TRAINING_EXAMPLES_TABLE.columns)
         lengths = plots.rationale_lengths(pl.concat([previous_examples, df], how="diagonal_relaxed"))
         meta = {
-            **_training_metadata(df),
+            **training_metadata(df),
             "rationales_replaced": len(new_rationale),
             "rationale_lengths": dg.MetadataValue.md(plots.markdown_image(lengths, "rationale length by iteration")),
         }
@@ -178,11 +147,10 @@ def _training_examples(stage: Stage) -> dg.AssetsDefinition:
 
 def _checkpoint(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     continue_previous = cfg.train.init == "previous" and stage.iteration >= 1
-    ins = {"training_examples": dg.AssetIn(key(stage.schema, "training_examples")), "base": dg.AssetIn(BASE_MODEL)}
+    ins = {"training_examples": dg.AssetIn(table_key(TRAINING_EXAMPLES_TABLE, stage)), "base": dg.AssetIn(BASE_MODEL)}
     if continue_previous:
-        ins["previous"] = dg.AssetIn(key(stage.previous.schema, "checkpoint"))
+        ins["previous"] = dg.AssetIn(table_key(CHECKPOINT_TABLE, stage.previous))
     start = f"continuing {stage.previous.label}'s adapter" if continue_previous else "from the base model"
-    prefix = "sft" if stage.arm == "sft" else f"M{stage.iteration}"
 
     def train(context: dg.AssetExecutionContext, generation: GenerationResource, training: TrainingResource, examples: pl.DataFrame, base: pl.DataFrame, prev):
         storage = cfg.paths.open_storage()
@@ -198,32 +166,11 @@ def _checkpoint(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
                 log=context.log.info,
                 logging_dir=str(cfg.home / "tensorboard" / stage.schema / context.run_id),
             )
-        ckpt_id = checkpoint_id_for(prefix, staging)
+        ckpt_id = checkpoint_id_for(checkpoint_prefix(stage), staging)
         final = commit_checkpoint(staging, storage, cfg.home, stage.schema, ckpt_id)
-        row = {
-            "checkpoint_id": ckpt_id,
-            "arm": stage.arm,
-            "iteration": stage.iteration,
-            "base_model": base["checkpoint_id"][0],
-            "path": final,
-            "trained_on": fingerprint(examples),
-            "train_loss": report.final_loss,
-            "run_id": context.run_id,
-            "init": "previous" if prev is not None else "base",
-            "parent_checkpoint_id": prev["checkpoint_id"][0] if prev is not None else None,
-            "n_examples": examples.height,
-            "steps": report.steps,
-            "seconds": report.seconds,
-            "truncated_examples": report.truncated,
-        }
-        meta = {
-            "checkpoint_id": ckpt_id,
-            "train_loss": report.final_loss,
-            "steps": report.steps,
-            "seconds": round(report.seconds, 1),
-            "loss_curve": [round(x, 4) for x in report.loss_curve],
-        }
-        return table_output(frame([row], schemas.CHECKPOINTS), meta)
+        previous = prev.row(0, named=True) if prev is not None else None
+        row = checkpoint_row(ckpt_id, stage, base.row(0, named=True), final, fingerprint(examples), report, context.run_id, previous, examples.height)
+        return table_output(frame([row], CHECKPOINT_TABLE.columns), checkpoint_metadata(ckpt_id, report))
 
     # Dagster reads an asset's inputs from its signature, so the two variants are spelled out.
     if continue_previous:
@@ -237,7 +184,7 @@ def _checkpoint(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
             return train(context, generation, training, training_examples, base, None)
 
     return dg.asset(
-        key=key(stage.schema, "checkpoint"),
+        key=table_key(CHECKPOINT_TABLE, stage),
         ins=ins,
         group_name=stage.schema,
         kinds={"pytorch", "peft"},
@@ -250,21 +197,26 @@ def _checkpoint(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
 # ----------------------------------------------------------------------------------------------- expand, score, select
 
 
+def _writer_ins(stage: Stage) -> dict[str, dg.AssetIn]:
+    """What writes and scores a generation: the previous checkpoint, its training set (the parents), the base model."""
+    return {
+        "previous_examples": dg.AssetIn(table_key(TRAINING_EXAMPLES_TABLE, stage.previous)),
+        "previous_checkpoint": dg.AssetIn(table_key(CHECKPOINT_TABLE, stage.previous)),
+        "base": dg.AssetIn(BASE_MODEL),
+    }
+
+
 def _candidates(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     ExpandConfig = expand_config_class(cfg)
     gen, writer = stage.generation_schema, stage.previous
-    task = "enriches" if stage.prompt == "enrich" else "answers again, rewriting"
+    task = "enriches" if stage.prompt == ENRICH else "answers again, rewriting"
 
     @dg.asset(
-        key=key(gen, "candidates"),
-        ins={
-            "previous_examples": dg.AssetIn(key(writer.schema, "training_examples")),
-            "previous_checkpoint": dg.AssetIn(key(writer.schema, "checkpoint")),
-            "base": dg.AssetIn(BASE_MODEL),
-        },
+        key=table_key(CANDIDATES_TABLE, stage),
+        ins=_writer_ins(stage),
         group_name=gen,
         kinds={"pytorch", "polars", "parquet"},
-        tags=_tags(stage) if gen != "srlm_iter_1" else {"arm": "srlm"},
+        tags=_generation_tags(stage),
         description=(
             f"{writer.label} {task} the current rationale of each expanded example into N candidates "
             "(seeded sampling, generated in committed shards; parent_id = the rationale it rewrote)."
@@ -295,7 +247,7 @@ def _candidates(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
             seed=cfg.experiment.seed,
         )
         settings = ExpansionSettings(
-            stage.iteration, previous_checkpoint["checkpoint_id"][0], params, cfg.expand.shard_size, generation_arm(stage), stage.prompt
+            stage.iteration, previous_checkpoint["checkpoint_id"][0], params, cfg.expand.shard_size, stage.generation_arm, stage.prompt
         )
         storage = cfg.paths.open_storage()
         adapter = previous_checkpoint["path"][0]  # where it is stored: part of the recipe, the same on every machine
@@ -305,16 +257,7 @@ def _candidates(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
         run_adapter = generation.adapter(adapter, storage, str(cfg.home))
         table, counts = expand(tasks, engine, settings, shard_dir, context.run_id, run_adapter, context.log.info, storage)
         df = pl.from_arrow(table).sort(["example_id", "sample_index"])
-        meta = {
-            "examples": len(tasks),
-            "candidates": df.height,
-            "mean_tokens": float(df["n_tokens"].mean() or 0.0),
-            "cut_off_at_token_limit": int((df["finish_reason"] == "length").sum()),
-            "shards_reused": counts["reused"],
-            "shards_generated": counts["generated"],
-            **generation.job_metadata(engine),
-        }
-        return table_output(df, meta)
+        return table_output(df, {**candidates_metadata(df, len(tasks), counts), **generation.job_metadata(engine)})
 
     return candidates
 
@@ -323,19 +266,14 @@ def _scores(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     gen, writer = stage.generation_schema, stage.previous
 
     @dg.asset(
-        key=key(gen, "scores"),
-        ins={
-            "candidates": dg.AssetIn(key(gen, "candidates")),
-            "previous_examples": dg.AssetIn(key(writer.schema, "training_examples")),
-            "previous_checkpoint": dg.AssetIn(key(writer.schema, "checkpoint")),
-            "base": dg.AssetIn(BASE_MODEL),
-        },
+        key=table_key(SCORES_TABLE, stage),
+        ins={"candidates": dg.AssetIn(table_key(CANDIDATES_TABLE, stage)), **_writer_ins(stage)},
         group_name=gen,
         kinds={"pytorch", "polars", "parquet"},
-        tags=_tags(stage) if gen != "srlm_iter_1" else {"arm": "srlm"},
+        tags=_generation_tags(stage),
         description=(
             "Every selector's score for every candidate (role 'candidate') and for the parent rationale each "
-            f"example started from (role 'parent'): length, likelihood under {writer.label}, consistency."
+            f"example started from (role 'parent'): {', '.join(selector_names())}; likelihood under {writer.label}."
         ),
         code_version=code_version(
             prompts.ANSWER_FORMAT_VERSION, str(cfg.select.degeneration_ngram), str(cfg.select.max_repeated_fraction), "scores-v2"
@@ -348,14 +286,7 @@ def _scores(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
         previous_checkpoint: pl.DataFrame,
         base: pl.DataFrame,
     ):
-        expanded = set(candidates["example_id"].to_list())
-        parents = answer_rows(previous_examples).filter(pl.col("example_id").is_in(list(expanded)))
-        references = {r["example_id"]: Reference(r["instruction"], r["input"], r["response"]) for r in parents.iter_rows(named=True)}
-        items = [
-            Scorable(r["candidate_id"], r["example_id"], "candidate", r["text"], r["finish_reason"])
-            for r in candidates.iter_rows(named=True)
-        ]
-        items += [Scorable(r["rationale_id"], r["example_id"], "parent", r["rationale"], "stop") for r in parents.iter_rows(named=True)]
+        items, references = scoring_inputs(candidates, previous_examples)
         storage = cfg.paths.open_storage()
         engine = generation.runner(base["path"][0], storage, storage.join("shards", gen, "scores"))
         table = score(
@@ -363,14 +294,14 @@ def _scores(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
             references,
             engine,
             stage.iteration,
-            generation_arm(stage),
+            stage.generation_arm,
             adapter=generation.adapter(previous_checkpoint["path"][0], storage, str(cfg.home)),
             ngram=cfg.select.degeneration_ngram,
             max_repeated_fraction=cfg.select.max_repeated_fraction,
         )
         df = pl.from_arrow(table)
         meta = {
-            "candidates": df.filter(pl.col("role") == "candidate").height,
+            "candidates": df.filter(pl.col("role") == CANDIDATE).height,
             **plots.score_summary(df),  # per selector: mean, p10, median, p90 of finite scores; degenerate count
             "score_distributions": dg.MetadataValue.md(plots.markdown_image(plots.score_distributions(df), "selector scores")),
             **generation.job_metadata(engine),
@@ -380,23 +311,23 @@ def _scores(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     return scores
 
 
-def _selection_inputs(warehouse: WarehouseResource, gen: str) -> tuple[StoredFile, StoredFile]:
+def _selection_inputs(warehouse: WarehouseResource, stage: Stage) -> tuple[StoredFile, StoredFile]:
     """The Parquet files of a stage's candidates and scores: DuckDB reads them where they lie (on an object
     store too), so the candidate table is never loaded into Python."""
-    return warehouse.source(key(gen, "candidates").path), warehouse.source(key(gen, "scores").path)
+    return warehouse.source(CANDIDATES_TABLE.key(stage)), warehouse.source(SCORES_TABLE.key(stage))
 
 
 def _with_arm(df: pl.DataFrame, arm: str) -> pl.DataFrame:
-    return df.with_columns(pl.lit(arm).alias("arm")).select(list(schemas.SELECTED))
+    return df.with_columns(pl.lit(arm).alias("arm")).select(list(SELECTED_TABLE.columns))
 
 
 def _selected(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     SelectConfig = select_config_class(cfg)
-    gen, selector = stage.generation_schema, stage.selector
+    selector = stage.selector
 
     @dg.asset(
-        key=key(stage.schema, "selected"),
-        deps=[key(gen, "candidates"), key(gen, "scores")],
+        key=table_key(SELECTED_TABLE, stage),
+        deps=[table_key(CANDIDATES_TABLE, stage), table_key(SCORES_TABLE, stage)],
         group_name=stage.schema,
         kinds={"duckdb", "sql", "parquet"},
         tags=_tags(stage),
@@ -407,18 +338,10 @@ def _selected(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
         code_version=code_version(selection_sql_version([selector]), cfg.section_hash("select")),
     )
     def selected(context: dg.AssetExecutionContext, config: SelectConfig, warehouse: WarehouseResource):  # type: ignore[valid-type]
-        candidates, scores = _selection_inputs(warehouse, gen)
+        candidates, scores = _selection_inputs(warehouse, stage)
         df = _with_arm(pl.from_arrow(select_best(candidates, scores, selector, config.margin)), stage.arm)
         examples = count_examples(candidates)
-        meta = {
-            "selector": selector,
-            "margin": config.margin if config.margin is not None else "none",
-            "examples": examples,
-            "selected": df.height,
-            "selection_rate": df.height / examples if examples else 0.0,
-            "mean_score": float(df["score"].mean() or 0.0) if df.height else 0.0,
-            "mean_parent_score": float(df["parent_score"].mean() or 0.0) if df.height else 0.0,
-        }
+        meta = selection_metadata(df, examples, selector, config.margin)
         if df.height:  # one example's story, so the UI shows where a kept rationale came from and why it won
             meta["story"] = dg.MetadataValue.md(rationale_story(warehouse.home, df["candidate_id"][0], selector, stage.schema))
         context.log.info(f"{selector}: kept {df.height} of {examples} examples")
@@ -427,23 +350,16 @@ def _selected(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
     return selected
 
 
-def _agreement(choices: pl.DataFrame) -> int:
-    """Examples where every selector kept a candidate, and the same one."""
-    per_example = choices.group_by("example_id").agg(pl.len().alias("kept"), pl.col("candidate_id").n_unique().alias("distinct"))
-    return per_example.filter((pl.col("kept") == len(SELECTORS)) & (pl.col("distinct") == 1)).height
-
-
 def _selector_choices(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
-    margin, gen = cfg.select.margin, stage.generation_schema
-
-    parents = key(stage.previous.schema, "training_examples")
+    margin = cfg.select.margin
+    parents = table_key(TRAINING_EXAMPLES_TABLE, stage.previous)
 
     @dg.asset(
-        key=key(gen, "selector_choices"),
-        deps=[key(gen, "candidates"), key(gen, "scores"), parents],
-        group_name=gen,
+        key=table_key(SELECTOR_CHOICES_TABLE, stage),
+        deps=[table_key(CANDIDATES_TABLE, stage), table_key(SCORES_TABLE, stage), parents],
+        group_name=stage.generation_schema,
         kinds={"duckdb", "sql", "parquet"},
-        tags=_tags(stage) if gen != "srlm_iter_1" else {"arm": "srlm"},
+        tags=_generation_tags(stage),
         description=(
             "What each selector keeps per example (every `sql/select_*.sql` over the same candidates and scores, "
             "with the experiment's margin), so selectors can be compared in SQL; `selected` holds the arm's own. "
@@ -453,16 +369,16 @@ def _selector_choices(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinitio
         code_version=code_version(selection_sql_version(), sql_version("enrichment", "enrichment_examples"), str(margin)),
     )
     def selector_choices(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
-        candidates, scores = _selection_inputs(warehouse, gen)
-        df = _with_arm(pl.from_arrow(select_with_every_selector(candidates, scores, margin)), generation_arm(stage))
+        candidates, scores = _selection_inputs(warehouse, stage)
+        df = _with_arm(pl.from_arrow(select_with_every_selector(candidates, scores, margin)), stage.generation_arm)
         kept = dict(df.group_by("selector").len().iter_rows())
         relations = {"candidates": candidates, "scores": scores, "selector_choices": df.to_arrow(), "training_examples": warehouse.source(parents.path)}
         figures = run_sql("enrichment", relations).to_pylist()
         examples = run_sql("enrichment_examples", relations).to_pylist()
         meta = {
             "examples": count_examples(candidates),
-            **{f"kept_by_{s}": kept.get(s, 0) for s in SELECTORS},
-            "all_selectors_agree": _agreement(df),
+            **{f"kept_by_{s}": kept.get(s, 0) for s in selector_names()},
+            "all_selectors_agree": agreement(df),
             **({f"enrichment/{k}": v for k, v in figures[0].items() if k not in ("arm", "iteration")} if figures else {}),
             "rewritten_beside_parents": dg.MetadataValue.md(enrichment.examples_markdown(examples)),
         }

@@ -5,11 +5,10 @@ bootstrap model (a tiny Llama and BPE tokenizer trained from scratch on the inst
 import dagster as dg
 import jinja2
 
-from assets import schemas
 from assets.data import BASE_MODEL
 from assets.tables import code_version, frame, table_output
 from resources import GenerationResource
-from srlm import prompts
+from srlm import prompts, schemas
 from srlm.arms import BASE_ARM
 from srlm.checkpoints import checkpoint_id_for, commit_dir
 from srlm.config import ExperimentConfig
@@ -86,14 +85,14 @@ def _row(cfg: ExperimentConfig, checkpoint_id: str, path: str, run_id: str) -> d
 
 
 def _bootstrap(context: dg.AssetExecutionContext, cfg: ExperimentConfig) -> tuple[dict, dict]:
-    from srlm.bootstrap import BootstrapConfig, pretrain
+    from srlm.bootstrap import BootstrapSettings, pretrain
 
-    settings = cfg.model.bootstrap.model_dump(exclude={"corpus"})
+    settings = BootstrapSettings.of(cfg.model.bootstrap, seed=cfg.experiment.seed)
     documents = corpus_documents(cfg)
-    context.log.info(f"bootstrap: {len(documents)} documents, budget {settings['max_seconds']:g} s or {settings['max_steps']} steps")
+    context.log.info(f"bootstrap: {len(documents)} documents, budget {settings.max_seconds:g} s or {settings.max_steps} steps")
     # trained into a run folder, then committed under its content id (a budget in seconds makes two runs differ)
     staging = cfg.home / "models" / f"run-{context.run_id}"
-    report = pretrain(documents, staging, BootstrapConfig(**settings, seed=cfg.experiment.seed), device=cfg.model.device, log=context.log.info)
+    report = pretrain(documents, staging, settings, device=cfg.model.device, log=context.log.info)
     ckpt_id = checkpoint_id_for("base", staging)
     out = commit_dir(staging, cfg.home / "models" / ckpt_id)
     row = _row(cfg, ckpt_id, str(out), context.run_id)

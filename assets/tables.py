@@ -1,22 +1,29 @@
-"""What every table asset shares: typed frames, content fingerprints as data versions, code versions."""
+"""What every table asset shares: keys, typed frames (srlm/schemas.py), content fingerprints as data
+versions, code versions."""
 
 
 import hashlib
 import io
 import warnings
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping, Sequence
 
 import dagster as dg
 import polars as pl
 import pyarrow as pa
 
+from srlm.arms import Stage
+from srlm.schemas import Table, frame
+
 # Output(data_version=...) is marked beta; it is what makes checkpoints record the data they trained on
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*data_version.*")
 
 
-def frame(rows: Iterable[Mapping[str, Any]], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    """Rows -> DataFrame with a fixed schema (an empty table still has its columns and types)."""
-    return pl.DataFrame(list(rows), schema=dict(schema))
+__all__ = ["asset_key", "code_version", "fingerprint", "frame", "table_key", "table_output"]
+
+
+def asset_key(parts: Sequence[str]) -> dg.AssetKey:
+    """The Dagster key of a table named by srlm/registry.py or srlm/schemas.py (`(schema, name)`)."""
+    return dg.AssetKey(list(parts))
 
 
 def fingerprint(df: pl.DataFrame) -> str:
@@ -42,3 +49,8 @@ def table_output(df: pl.DataFrame, metadata: Mapping[str, Any] | None = None, ou
 def code_version(*parts: str) -> str:
     """An asset's code version from the recipe parts it depends on (config hashes, template and SQL versions)."""
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:12]
+
+
+def table_key(table: Table, stage: Stage) -> dg.AssetKey:
+    """The key of one of a stage's tables (srlm/schemas.py describes each)."""
+    return asset_key(table.key(stage))

@@ -37,16 +37,15 @@ def build_bootstrap_model(
     architecture (and hence the speed) is realistic while the weights are undertrained.
     """
     from assets.model import corpus_documents
-    from srlm.bootstrap import BootstrapConfig, pretrain
+    from srlm.bootstrap import BootstrapSettings, pretrain
     from srlm.config import load_config
 
     cfg = load_config(config)
-    settings = cfg.model.bootstrap.model_dump(exclude={"corpus"})
-    settings["max_seconds"] = float(max_seconds)
+    settings = BootstrapSettings.of(cfg.model.bootstrap, seed=cfg.experiment.seed).model_copy(update={"max_seconds": float(max_seconds)})
     started = time.perf_counter()
     documents = corpus_documents(cfg)
     log(f"bootstrap: {len(documents)} corpus documents from {cfg.source_file}; budget {max_seconds:.0f} s")
-    pretrain(documents, Path(out_dir), BootstrapConfig(**settings, seed=cfg.experiment.seed), device="cpu", log=log)
+    pretrain(documents, Path(out_dir), settings, device="cpu", log=log)
     log(f"bootstrap: model ready in {time.perf_counter() - started:.0f} s")
     return Path(out_dir)
 

@@ -70,7 +70,7 @@ def bench_generation(args, engine, prompts, adapter: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from srlm.engines.transformers_engine import stop_token_ids
+    from srlm.engines.tokenization import stop_token_ids
     from srlm.engines.types import SamplingParams
 
     tokenizer = AutoTokenizer.from_pretrained(str(args.model), padding_side="left")
@@ -109,7 +109,7 @@ def logprobs_without_reuse(engine, requests: list[tuple[str, str]]) -> list[floa
     right-padded, batch_size sequences per forward pass, logits only for the positions that are scored."""
     import torch
 
-    from srlm.engines.transformers_engine import encode_pair
+    from srlm.engines.tokenization import encode_pair
 
     items = []
     for k, (context, continuation) in enumerate(requests):
@@ -212,13 +212,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from srlm.benchmarks import generation_messages, read_benchmark
-    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineSettings
     from srlm.kit import find_data_kit
 
     kit = find_data_kit(args.kit)
     gsm8k = read_benchmark("gsm8k", kit)
     prompts = [generation_messages(q) for q in gsm8k[: args.prompts]]
-    engine = TransformersEngine(args.model, TransformersEngineConfig(device="cpu", batch_size=args.prompts))
+    engine = TransformersEngine(args.model, TransformersEngineSettings("cpu", "auto", args.prompts, trust_remote_code=False))
     print(f"model: {describe_model(args.model)}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     tmp = Path(tempfile.mkdtemp(prefix="srlm-bench-engine-"))
     try:
@@ -227,7 +227,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     del engine
     # scoring on a fresh engine (no adapter loaded: the old path calls the model directly), default batch size
-    bench_loglikelihood(args, TransformersEngine(args.model, TransformersEngineConfig(device="cpu")), kit)
+    bench_loglikelihood(args, TransformersEngine(args.model, TransformersEngineSettings("cpu", "auto", 32, trust_remote_code=False)), kit)
     seconds = lora_train_seconds_per_step(args.model, [q.question for q in gsm8k], args.train_steps)
     print(
         f"RESULT LoRA training (plain peft, r=8 all-linear, batch 16 x 128 tokens): median {median(seconds):.2f} s/step "

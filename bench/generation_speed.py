@@ -43,7 +43,7 @@ def main() -> None:
     import torch
 
     from srlm.benchmarks import generation_messages, read_benchmark
-    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineSettings
     from srlm.engines.types import SamplingParams
     from srlm.kit import find_data_kit
 
@@ -61,8 +61,8 @@ def main() -> None:
             n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=0
         )
         engines = {
-            "batched": TransformersEngine(model_dir, TransformersEngineConfig(device="cpu", batch_size=args.batch_size)),
-            "single": TransformersEngine(model_dir, TransformersEngineConfig(device="cpu", batch_size=1)),
+            "batched": TransformersEngine(model_dir, TransformersEngineSettings("cpu", "auto", args.batch_size, False)),
+            "single": TransformersEngine(model_dir, TransformersEngineSettings("cpu", "auto", 1, False)),
         }
         prompt_tokens = [len(engines["single"].tokenizer(engines["single"].render_chat(p))["input_ids"]) for p in prompts]
         print(f"model: {describe_model(model_dir)}")

@@ -91,9 +91,10 @@ import torch
 
 from resources import GenerationResource
 from srlm.base_models import resolve_base
-from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+from srlm.config import load_config
+from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineSettings
 from srlm.engines.types import SamplingParams
-from srlm.training import LoraSettings, TrainSettings, train_lora
+from srlm.training import TrainSettings, train_lora
 
 GIB = 1024**3
 PARAMS = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=128, seed=0)
@@ -109,9 +110,10 @@ def tokens_per_second(engine, chats, repeats=3) -> float:
     return statistics.median(rates)
 
 
-def training_seconds(model, examples, out_dir, steps) -> float:
-    settings = TrainSettings(batch_size=16, max_length=512, max_steps=steps, device="cuda", dtype="bfloat16", report_to="none")
-    return train_lora(model, examples, out_dir, LoraSettings(), settings).seconds
+def training_seconds(cfg, model, examples, out_dir, steps) -> float:
+    settings = TrainSettings.of(cfg.train, seed=0, device="cuda", dtype="bfloat16", max_steps=steps)
+    settings = settings.model_copy(update=dict(batch_size=16, max_length=512, report_to=[]))
+    return train_lora(model, examples, out_dir, cfg.train.lora, settings).seconds
 
 
 def in_use_gib() -> float:
@@ -124,7 +126,9 @@ def main() -> None:
     model = str(resolve_base("smollm2-135m-instruct", work / "smollm2" / "models").path)  # the experiment's copy
     rows = [json.loads(line) for line in open(Path(os.environ["KIT"]) / "instruct/gsm8k_train/train.jsonl") if line.strip()]
     chats = [[{"role": "user", "content": row["question"]}] for row in rows]
-    generation = GenerationResource(backend="vllm", dtype="bfloat16", gpu_memory_utilization=0.5)
+    cfg = load_config(overrides={"paths": {"data_kit": os.environ["KIT"]}, "model": {"dtype": "bfloat16"},
+                                 "generation": {"backend": "vllm", "gpu_memory_utilization": 0.5}})
+    generation = GenerationResource.from_config(cfg)
     vllm = generation.engine(model)
     n = f"{len(chats)} prompts x {PARAMS.n} samples, up to {PARAMS.max_new_tokens} new tokens"
     print(f"RESULT vLLM generate ({n}): {tokens_per_second(vllm, chats):.0f} tok/s", flush=True)
@@ -133,7 +137,7 @@ def main() -> None:
     with generation.released():
         asleep, slept = in_use_gib(), time.perf_counter() - started
         torch.cuda.reset_peak_memory_stats()
-        short, long = (training_seconds(model, examples, work / f"lora-{s}", s) for s in (4, 24))
+        short, long = (training_seconds(cfg, model, examples, work / f"lora-{s}", s) for s in (4, 24))
         peak = torch.cuda.max_memory_allocated() / GIB
         started = time.perf_counter()
     woke = time.perf_counter() - started
@@ -141,8 +145,8 @@ def main() -> None:
     print(f"RESULT LoRA bf16 (r=8 all-linear, batch 16, project trainer, vLLM asleep): {(long - short) / 20:.3f} s/step; "
           f"torch.cuda.max_memory_allocated {peak:.2f} GiB")
     print(f"RESULT vLLM generate after wake: {tokens_per_second(vllm, chats):.0f} tok/s", flush=True)
-    config = TransformersEngineConfig(device="cuda", dtype="bfloat16", batch_size=len(chats) * PARAMS.n)
-    rate = tokens_per_second(TransformersEngine(model, config), chats)
+    settings = TransformersEngineSettings("cuda", "bfloat16", len(chats) * PARAMS.n, trust_remote_code=False)
+    rate = tokens_per_second(TransformersEngine(model, settings), chats)
     print(f"RESULT transformers engine generate ({n}): {rate:.0f} tok/s")
 
 

@@ -226,11 +226,11 @@ def read_questions(args: argparse.Namespace, kit: Path) -> dict[str, list]:
 
 def project_side(args: argparse.Namespace, model_dir: Path, questions: dict[str, list]):
     """(engine, question_id -> evaluation row) from srlm.evaluation.evaluate_loglikelihood."""
-    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineSettings
     from srlm.evaluation import evaluate_loglikelihood
 
     t0 = time.perf_counter()
-    engine = TransformersEngine(model_dir, TransformersEngineConfig(device="cpu", dtype="float32", batch_size=args.batch_size))
+    engine = TransformersEngine(model_dir, TransformersEngineSettings("cpu", "float32", args.batch_size, trust_remote_code=False))
     rows = {}
     for qs in questions.values():
         for q, row in zip(qs, evaluate_loglikelihood(qs, engine, None)):
@@ -293,7 +293,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 def disagreement(q, row: dict, sample: dict, engine, lm, h_ll: list[float]) -> tuple[str, str]:
     """The class of an acc disagreement (see the module docstring) and a line of detail."""
     from srlm.benchmarks import loglikelihood_requests
-    from srlm.engines.transformers_engine import encode_pair
+    from srlm.engines.tokenization import encode_pair
 
     p_args = loglikelihood_requests(q)
     h_args = [tuple(a) for a in sample["arguments"]]
@@ -326,7 +326,7 @@ def disagreement(q, row: dict, sample: dict, engine, lm, h_ll: list[float]) -> t
 def identical_inputs(q, sample: dict, engine, lm) -> bool:
     """Both sides score the same token ids (same strings, same context/continuation split)."""
     from srlm.benchmarks import loglikelihood_requests
-    from srlm.engines.transformers_engine import encode_pair
+    from srlm.engines.tokenization import encode_pair
 
     pairs = loglikelihood_requests(q)
     if [tuple(a) for a in pairs] != [tuple(a) for a in sample["arguments"]]:

@@ -77,13 +77,13 @@ def run_once(engine, tasks, settings, references, folder: Path):
 
 def compare(name: str, model_dir: Path, kit: Path, repeats: int, work: Path) -> None:
     from srlm.distributed import RayEngine, ray_session
-    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineSettings
     from srlm.storage import Storage
 
     tasks, settings, references, batch_size, ray_settings = workload(name, kit)
-    config = TransformersEngineConfig(device="cpu", batch_size=batch_size)
+    engine_settings = TransformersEngineSettings("cpu", "auto", batch_size, trust_remote_code=False)
     started = time.perf_counter()
-    local = TransformersEngine(model_dir, config)
+    local = TransformersEngine(model_dir, engine_settings)
     print(f"[{name}] model {describe_model(model_dir)}; local engine loaded in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
     ray = ray_session(ray_settings)
@@ -92,7 +92,7 @@ def compare(name: str, model_dir: Path, kit: Path, repeats: int, work: Path) -> 
           f"{settings.params.max_new_tokens} new tokens, shards of {settings.shard_size}")
 
     def ray_engine(folder: Path):
-        return RayEngine(str(model_dir), "transformers", config, ray_settings, Storage(folder), str(folder / "rows"), batch_size)
+        return RayEngine(str(model_dir), "transformers", engine_settings, ray_settings, Storage(folder), str(folder / "rows"), batch_size)
 
     ratios, per_job, seconds = [], [], {"local": [], "ray": []}
     for rep in range(repeats):
@@ -133,21 +133,21 @@ def compare_vllm(model_dir: Path, kit: Path, repeats: int, work: Path) -> None:
         return
     from srlm.benchmarks import generation_messages, read_benchmark
     from srlm.distributed import RayEngine, ray_session
-    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-    from srlm.engines.vllm_engine import VLLMEngineConfig
+    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineSettings
+    from srlm.engines.vllm_engine import VLLMEngineSettings
     from srlm.storage import Storage
 
     tasks, settings, _, batch_size, ray_settings = workload("default", kit)
     prompts = [generation_messages(q) for q in read_benchmark("gsm8k", kit)[: len(tasks)]]
     params = settings.params
     ray_session(ray_settings)
-    local = TransformersEngine(model_dir, TransformersEngineConfig(device="cuda", batch_size=max(batch_size, 64)))
+    local = TransformersEngine(model_dir, TransformersEngineSettings("cuda", "auto", max(batch_size, 64), False))
     rates: dict[str, list[float]] = {"transformers": [], "vllm_ray": []}
     for rep in range(repeats):
         for k, variant in enumerate(("transformers", "vllm_ray", "transformers")):
             folder = work / f"vllm-{rep}-{k}"
             engine = local if variant == "transformers" else RayEngine(
-                str(model_dir), "vllm", VLLMEngineConfig(), ray_settings, Storage(folder), str(folder / "rows"), 256)
+                str(model_dir), "vllm", VLLMEngineSettings("auto", 0.85, 1, 64, False), ray_settings, Storage(folder), str(folder / "rows"), 256)
             started = time.perf_counter()
             outs = engine.generate(prompts, params)
             took = time.perf_counter() - started

@@ -4,7 +4,7 @@
     python bench/selection_speed.py --sizes 1000000 --repeats 5
 
 Data: N candidate rows (CANDIDATE_SCHEMA, --per-example candidates per example, written as the expand
-asset writes them) and N + N/per-example score rows (SCORE_SCHEMA: one "candidate" row per candidate and one
+asset writes them) and N + N/per-example score rows (srlm.scoring.score_schema(): one "candidate" row per candidate and one
 "parent" row per example), as Parquet files in a temp dir that is removed at the end. Likelihood gains are
 continuous random floats (so the best candidate of an example is never tied); 3% of candidates are
 degenerate (length -inf) and 1% have a NaN likelihood, which the selection must skip.
@@ -53,7 +53,9 @@ def write_synthetic(out: Path, n_rows: int, per_example: int, seed: int = 0, chu
     import pyarrow.parquet as pq
 
     from srlm.expansion import CANDIDATE_SCHEMA
-    from srlm.scoring import SCORE_SCHEMA
+    from srlm.scoring import score_schema
+
+    SCORE_SCHEMA = score_schema()
 
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)

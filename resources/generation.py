@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Optional
 
 import dagster as dg
 
 from srlm.checkpoints import local_checkpoint
-from srlm.engines.types import Message
+from srlm.config import ExperimentConfig
 from srlm.storage import Storage
+
+if TYPE_CHECKING:
+    from srlm.engines.openai_engine import OpenAIChatEngine
+    from srlm.engines.tokenization import ModelTokenizer
+    from srlm.engines.types import Engine
 
 
 def _free_gpu_memory() -> None:
@@ -30,55 +34,50 @@ def _free_gpu_memory() -> None:
     torch.cuda.empty_cache()  # nothing to do where CUDA was never initialized
 
 
-@dataclass(frozen=True)
-class ModelTokenizer:
-    """The part of the engine interface that needs no weights: render_chat, count_tokens, max_length."""
-
-    tokenizer: Any
-    max_length: int
-
-    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        from srlm.engines.transformers_engine import render_chat
-
-        return render_chat(self.tokenizer, messages, add_generation_prompt)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        from srlm.engines.transformers_engine import count_tokens
-
-        return count_tokens(self.tokenizer, texts)
-
-
 class GenerationResource(dg.ConfigurableResource):
     """Local engines run the base model (plus a LoRA adapter per call); `teacher` reaches an
     OpenAI-compatible chat endpoint or a local model."""
 
-    backend: Literal["transformers", "vllm"] = "transformers"
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = 32
-    trust_remote_code: bool = False
-    gpu_memory_utilization: float = 0.85
-    tensor_parallel_size: int = 1
-    max_lora_rank: int = 64
-    executor: Literal["local", "ray"] = "local"
-    ray_address: Optional[str] = None
-    ray_num_cpus: Optional[int] = None
-    ray_actors: int = 1
-    ray_cpus_per_actor: Optional[int] = None
+    # every field comes from the experiment config (from_config), which holds their defaults and bounds
+    backend: Literal["transformers", "vllm"]
+    device: str
+    dtype: str
+    batch_size: int
+    trust_remote_code: bool
+    gpu_memory_utilization: float
+    tensor_parallel_size: int
+    lora_rank: int  # train.lora.r: the rank of the adapters vLLM serves
+    executor: Literal["local", "ray"]
+    ray_address: Optional[str]
+    ray_num_cpus: Optional[int]
+    ray_actors: int
+    ray_cpus_per_actor: Optional[int]
 
     _engines: ClassVar[dict[tuple, Any]] = {}
 
-    def engine(self, model_path: str) -> Any:
-        """The local engine for a base model directory (generate, logprobs, render_chat, count_tokens)."""
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> GenerationResource:
+        model, generation, executor = cfg.model, cfg.generation, cfg.executor
+        return cls(
+            backend=generation.backend, batch_size=generation.batch_size,
+            gpu_memory_utilization=generation.gpu_memory_utilization, tensor_parallel_size=generation.tensor_parallel_size,
+            device=model.device, dtype=model.dtype, trust_remote_code=model.trust_remote_code, lora_rank=cfg.train.lora.r,
+            executor=executor.kind, ray_address=executor.address, ray_num_cpus=executor.num_cpus,
+            ray_actors=executor.actors, ray_cpus_per_actor=executor.cpus_per_actor,
+        )
+
+    def engine(self, model_path: str) -> Engine:
+        """The local engine for a base model directory."""
         key = (self.backend, model_path, self.device, self.dtype, self.batch_size, self.trust_remote_code)
         if key not in self._engines:
             self._engines[key] = self._build(model_path)
         return self._engines[key]
 
     def tokenizer(self, model_path: str) -> ModelTokenizer:
-        """What counting tokens and rendering prompts need of a model, without loading it (a vLLM engine would
-        take most of the GPU for that)."""
+        """What counting tokens and rendering prompts need of a model (srlm.engines.types.Tokenizing), without
+        loading it (a vLLM engine would take most of the GPU for that)."""
         from srlm.engines.runtime import tokenizer_and_context
+        from srlm.engines.tokenization import ModelTokenizer
 
         return ModelTokenizer(*tokenizer_and_context(str(model_path), self.trust_remote_code))
 
@@ -117,46 +116,42 @@ class GenerationResource(dg.ConfigurableResource):
             for engine in asleep:
                 engine.wake()
 
-    def _build(self, model_path: str) -> Any:
+    def _build(self, model_path: str) -> Engine:
         if self.backend == "vllm":
             from srlm.engines.vllm_engine import VLLMEngine
 
             _free_gpu_memory()  # vLLM starts only if its share of the device is free: this process's cache first
-            return VLLMEngine(model_path, self._engine_config())
+            return VLLMEngine(model_path, self._engine_settings())
         from srlm.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(model_path, self._engine_config())
+        return TransformersEngine(model_path, self._engine_settings())
 
-    def _engine_config(self) -> Any:
-        """The backend's engine settings (a VLLMEngineConfig or a TransformersEngineConfig)."""
+    def _engine_settings(self) -> Any:
+        """The backend's engine settings (a VLLMEngineSettings or a TransformersEngineSettings)."""
         if self.backend == "vllm":
-            from srlm.engines.vllm_engine import VLLMEngineConfig
+            from srlm.engines.vllm_engine import VLLMEngineSettings
 
-            return VLLMEngineConfig(
-                dtype=self.dtype,
-                gpu_memory_utilization=self.gpu_memory_utilization,
-                tensor_parallel_size=self.tensor_parallel_size,
-                max_lora_rank=self.max_lora_rank,
-                trust_remote_code=self.trust_remote_code,
+            return VLLMEngineSettings(
+                self.dtype, self.gpu_memory_utilization, self.tensor_parallel_size, self.lora_rank, self.trust_remote_code
             )
-        from srlm.engines.transformers_engine import TransformersEngineConfig
+        from srlm.engines.transformers_engine import TransformersEngineSettings
 
-        return TransformersEngineConfig(
+        return TransformersEngineSettings(
             device=self.device, dtype=self.dtype, batch_size=self.batch_size, trust_remote_code=self.trust_remote_code
         )
 
     # ------------------------------------------------------------------------------------------ runners
 
-    def runner(self, model_path: str, storage: Storage, output: str) -> Any:
-        """What generates and scores for an asset (the engine interface): the local engine, or with the ray
-        executor an engine whose every call is a Ray Data job writing its rows under `output` on `storage`
-        (a rerun skips the rows already there)."""
+    def runner(self, model_path: str, storage: Storage, output: str) -> Engine:
+        """What generates and scores for an asset: the local engine, or with the ray executor an engine whose
+        every call is a Ray Data job writing its rows under `output` on `storage` (a rerun skips the rows already
+        there)."""
         if self.executor == "local":
             return self.engine(model_path)
         from srlm.distributed import RayEngine, RaySettings
 
         settings = RaySettings(self.ray_address, self.ray_num_cpus, self.ray_actors, self.ray_cpus_per_actor)
-        return RayEngine(model_path, self.backend, self._engine_config(), settings, storage, output, self.batch_size)
+        return RayEngine(model_path, self.backend, self._engine_settings(), settings, storage, output, self.batch_size)
 
     def adapter(self, path: str, storage: Storage, home: str) -> str:
         """The adapter path a runner takes for a committed checkpoint: a local folder for the local engines
@@ -164,7 +159,7 @@ class GenerationResource(dg.ConfigurableResource):
         fetch it on their own nodes."""
         return path if self.executor == "ray" else local_checkpoint(path, storage, home)
 
-    def job_metadata(self, runner: Any) -> dict[str, Any]:
+    def job_metadata(self, runner: Engine) -> dict[str, Any]:
         """The Ray jobs a runner ran, for the materialization (nothing for a local engine)."""
         from srlm.distributed import job_metadata
 
@@ -173,8 +168,10 @@ class GenerationResource(dg.ConfigurableResource):
             meta["ray/output"] = dg.MetadataValue.path(meta["ray/output"])
         return meta
 
-    def teacher(self, backend: str, model: str, base_url: Optional[str] = None, api_key_env: Optional[str] = None) -> Any:
-        """A teacher engine: an OpenAI-compatible endpoint, or a local model directory."""
+    def teacher(
+        self, backend: str, model: str, base_url: Optional[str] = None, api_key_env: Optional[str] = None
+    ) -> OpenAIChatEngine | Engine:
+        """A teacher engine: an OpenAI-compatible endpoint (generation only), or a local model directory."""
         if backend == "openai":
             from srlm.engines.openai_engine import OpenAIChatEngine, OpenAIEngineConfig
 

@@ -12,8 +12,8 @@ from srlm.config import Train
 class TrainingResource(dg.ConfigurableResource):
     """Trains with the experiment's `train` section; where (device, dtype) comes from `model`."""
 
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str  # model.device
+    dtype: str  # model.dtype
 
     def train(
         self,
@@ -30,23 +30,7 @@ class TrainingResource(dg.ConfigurableResource):
 
         logging_dir: this run's TensorBoard folder; None: runs/<out_dir name> beside out_dir.
         """
-        from srlm.training import LoraSettings, TrainSettings, train_lora
+        from srlm.training import TrainSettings, train_lora
 
-        lora = LoraSettings(**settings.lora.model_dump())
-        train_settings = TrainSettings(
-            epochs=settings.epochs,
-            learning_rate=settings.learning_rate,
-            batch_size=settings.batch_size,
-            grad_accum=settings.grad_accum,
-            max_length=settings.max_length,
-            warmup_ratio=settings.warmup_ratio,
-            seed=seed,
-            device=self.device,
-            dtype=self.dtype,
-            processes=settings.processes,
-            fsdp=settings.fsdp,
-            gradient_checkpointing=settings.gradient_checkpointing,
-            report_to=list(settings.report_to),
-            logging_dir=logging_dir,
-        )
-        return train_lora(base_model, examples, out_dir, lora, train_settings, init_adapter=init_adapter, log=log)
+        run = TrainSettings.of(settings, seed=seed, device=self.device, dtype=self.dtype, logging_dir=logging_dir)
+        return train_lora(base_model, examples, out_dir, settings.lora, run, init_adapter=init_adapter, log=log)

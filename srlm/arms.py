@@ -20,12 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-SELECTORS = ("length", "likelihood", "consistency")
-KINDS = ("sft", "self_train", "srlm")
+from srlm.registry import ANSWER, ARM_KINDS, BASE_SCHEMA, ENRICH, SELF_TRAIN, SFT, SRLM, get_selector
+
 SFT_SCHEMA = "sft"
 M0_SCHEMA = "srlm_iter_0"
+SHARED_GENERATION_SCHEMA = "srlm_iter_1"  # the SRLM arms' first candidates, scores and selector choices
 BASE_ARM = "base"  # the `arm` value of the base model's rows
-BASE_SCHEMA = "model"  # model/base
 
 
 @dataclass(frozen=True)
@@ -40,30 +40,32 @@ class Arm:
 
     @property
     def iterative(self) -> bool:
-        return self.kind != "sft"
+        return self.kind != SFT
 
     @property
     def prompt(self) -> str:
         """The task that writes this arm's candidates: the enriching prompt (SRLM) or answering (self-training)."""
-        return "enrich" if self.kind == "srlm" else "answer"
+        return ENRICH if self.kind == SRLM else ANSWER
 
     @property
     def uses_catalyst(self) -> bool:
-        return self.kind == "srlm"
+        return self.kind == SRLM
 
 
 def parse_arm(name: str, default_selector: str) -> Arm:
     """"sft", "srlm/<selector>", "self_train/<selector>"; a bare "srlm" or "self_train" takes `default_selector`."""
     kind, _, selector = name.partition("/")
-    if kind not in KINDS:
+    if kind not in ARM_KINDS:
         raise ValueError(f"unknown arm '{name}': arms are sft, self_train/<selector> and srlm/<selector>")
-    if kind == "sft":
+    if kind == SFT:
         if selector:
             raise ValueError(f"arm '{name}': sft takes no selector")
-        return Arm("sft", "sft", None)
+        return Arm(SFT, SFT, None)
     selector = selector or default_selector
-    if selector not in SELECTORS:
-        raise ValueError(f"arm '{name}': unknown selector '{selector}'; choose one of {', '.join(SELECTORS)}")
+    try:
+        get_selector(selector)
+    except ValueError as exc:
+        raise ValueError(f"arm '{name}': {exc}") from None
     return Arm(f"{kind}/{selector}", kind, selector)
 
 
@@ -84,6 +86,16 @@ class Stage:
     uses_catalyst: bool
 
     @property
+    def shared_generation(self) -> bool:
+        """Whether its candidates are the SRLM arms' shared first generation."""
+        return self.generation_schema == SHARED_GENERATION_SCHEMA
+
+    @property
+    def generation_arm(self) -> str:
+        """The `arm` of its candidates and scores: "srlm" when the SRLM arms share them."""
+        return SRLM if self.shared_generation else self.arm
+
+    @property
     def label(self) -> str:
         """How reports name the checkpoint: "sft", "M0", "M2 srlm/likelihood"."""
         if self.schema in (SFT_SCHEMA, BASE_SCHEMA):
@@ -94,21 +106,21 @@ class Stage:
 
 
 BASE_STAGE = Stage(BASE_ARM, -1, BASE_SCHEMA, None, None, None, None, False)
-SFT_STAGE = Stage("sft", 0, SFT_SCHEMA, None, BASE_STAGE, None, None, False)
-M0_STAGE = Stage("srlm", 0, M0_SCHEMA, None, BASE_STAGE, None, None, True)
+SFT_STAGE = Stage(SFT, 0, SFT_SCHEMA, None, BASE_STAGE, None, None, False)
+M0_STAGE = Stage(SRLM, 0, M0_SCHEMA, None, BASE_STAGE, None, None, True)
 
 
 def generation_schema(arm: Arm, iteration: int) -> str:
-    if arm.kind == "srlm" and iteration == 1:
-        return "srlm_iter_1"
+    if arm.kind == SRLM and iteration == 1:
+        return SHARED_GENERATION_SCHEMA
     return f"{arm.slug}_iter_{iteration}"
 
 
 def chain(arm: Arm, iterations: int) -> list[Stage]:
     """The arm's checkpoints in order: sft -> [sft]; self_train -> sft, then 1..T; srlm -> M0, then 1..T."""
-    if arm.kind == "sft":
+    if arm.kind == SFT:
         return [SFT_STAGE]
-    stages = [M0_STAGE if arm.kind == "srlm" else SFT_STAGE]
+    stages = [M0_STAGE if arm.kind == SRLM else SFT_STAGE]
     for t in range(1, iterations + 1):
         stages.append(
             Stage(arm.name, t, f"{arm.slug}_iter_{t}", generation_schema(arm, t), stages[-1], arm.selector, arm.prompt, arm.uses_catalyst)
@@ -125,6 +137,21 @@ def stages(arms: list[Arm], iterations: int) -> list[Stage]:
     return list(out.values())
 
 
+def evaluated(arms: list[Arm], iterations: int) -> list[Stage]:
+    """Every stage an evaluation asset covers: the base model, then each checkpoint."""
+    return [BASE_STAGE, *stages(arms, iterations)]
+
+
+def generations(arms: list[Arm], iterations: int) -> list[Stage]:
+    """The first stage selecting from each generation schema (t >= 1): the ones that write candidates,
+    scores and selector choices, each once."""
+    out: dict[str, Stage] = {}
+    for stage in stages(arms, iterations):
+        if stage.iteration >= 1:
+            out.setdefault(stage.generation_schema, stage)
+    return list(out.values())
+
+
 @dataclass(frozen=True)
 class Pair:
     """Two checkpoints compared on the same questions: `candidate` against `reference`."""
@@ -138,7 +165,7 @@ def comparison_pairs(arms: list[Arm], iterations: int) -> list[Pair]:
     """Each checkpoint against sft (when the experiment has it) and against the previous checkpoint of its
     own arm (the base model for sft and M0); each SRLM arm's last checkpoint against each self-training
     arm's last one."""
-    has_sft = any(a.kind in ("sft", "self_train") for a in arms)
+    has_sft = any(a.kind in (SFT, SELF_TRAIN) for a in arms)
     pairs: dict[tuple[str, str], Pair] = {}
     for stage in stages(arms, iterations):
         if has_sft and stage.schema != SFT_SCHEMA:
@@ -148,8 +175,8 @@ def comparison_pairs(arms: list[Arm], iterations: int) -> list[Pair]:
     finals = {arm.kind: [] for arm in arms}
     for arm in arms:
         finals[arm.kind].append(chain(arm, iterations)[-1])
-    for srlm in finals.get("srlm", []):
-        for baseline in finals.get("self_train", []):
+    for srlm in finals.get(SRLM, []):
+        for baseline in finals.get(SELF_TRAIN, []):
             pairs.setdefault((srlm.schema, baseline.schema), Pair(srlm, baseline, "vs_self_train"))
     return list(pairs.values())
 
@@ -157,13 +184,13 @@ def comparison_pairs(arms: list[Arm], iterations: int) -> list[Pair]:
 def lineage(arm: str) -> tuple[str, ...]:
     """The `arm` values of the checkpoints an arm's chain passes through, from the base model on."""
     kind = arm.partition("/")[0]
-    if kind == "srlm":
-        return (BASE_ARM, "srlm", arm)
-    if kind == "self_train":
-        return (BASE_ARM, "sft", arm)
+    if kind == SRLM:
+        return (BASE_ARM, SRLM, arm)
+    if kind == SELF_TRAIN:
+        return (BASE_ARM, SFT, arm)
     return (BASE_ARM, arm)
 
 
 def leaf_arms(arms: list[str]) -> list[str]:
     """The arms a chart draws a line for (sft and each iterative arm), among `arm` values of rows."""
-    return sorted({a for a in arms if a not in (BASE_ARM, "srlm")})
+    return sorted({a for a in arms if a not in (BASE_ARM, SRLM)})

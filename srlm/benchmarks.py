@@ -20,27 +20,18 @@ from __future__ import annotations
 
 import bz2
 import csv
+import dataclasses
 import io
 import json
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 
 from srlm.datasets import utf8_text
-
-BENCHMARKS = ("gsm8k", "arc_challenge", "mmlu", "hellaswag", "bbh")
-
-# Splits each reader accepts (the kit's files).
-_SPLITS = {
-    "gsm8k": ("test",),
-    "arc_challenge": ("test", "train", "dev"),
-    "mmlu": ("test", "dev", "val"),
-    "hellaswag": ("test",),  # the kit's validation file (HellaSwag's test labels are not public)
-    "bbh": ("test",),
-}
+from srlm.registry import BENCHMARK_NAMES, BENCHMARKS
 
 _MMLU_LABELS = ("A", "B", "C", "D")
 _HELLASWAG_LINES_PER_ITEM = 6  # context, gold label 0-3, four endings
@@ -84,28 +75,16 @@ def read_benchmark(name: str, kit_dir: Path, split: str = "test") -> list[Questi
     split, FileNotFoundError for a missing file and BenchmarkFormatError for a malformed one, or for
     files that hold no questions.
     """
-    if name not in _SPLITS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    if split not in _SPLITS[name]:
-        raise ValueError(f"{name} has no split {split!r}; available: {', '.join(_SPLITS[name])}")
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_NAMES)}")
+    if split not in BENCHMARKS[name].splits:
+        raise ValueError(f"{name} has no split {split!r}; available: {', '.join(BENCHMARKS[name].splits)}")
     eval_dir = Path(kit_dir) / "eval"
-    questions = _read(name, eval_dir, split)
+    prefix = name if split == "test" else f"{name}/{split}"
+    questions = READERS[name](eval_dir, split, prefix)
     if not questions:
         raise BenchmarkFormatError(f"{eval_dir / name}: {name} ({split}) holds no questions: its files are empty")
     return questions
-
-
-def _read(name: str, eval_dir: Path, split: str) -> list[Question]:
-    prefix = name if split == "test" else f"{name}/{split}"
-    if name == "gsm8k":
-        return _read_gsm8k(_existing(eval_dir / "gsm8k" / f"{split}.jsonl"), prefix)
-    if name == "arc_challenge":
-        return _read_arc(_existing(eval_dir / "arc_challenge" / f"{split}.jsonl"), prefix)
-    if name == "mmlu":
-        return _read_mmlu(eval_dir / "mmlu" / split, split, prefix)
-    if name == "hellaswag":
-        return _read_hellaswag(_existing(eval_dir / "hellaswag" / "hellaswag_val_full.txt.bz2"), prefix)
-    return _read_bbh(eval_dir / "bbh", prefix)
 
 
 def _existing(path: Path) -> Path:
@@ -297,6 +276,16 @@ def _read_bbh(folder: Path, prefix: str) -> list[Question]:
 # --------------------------------------------------------------------------------------------- sampling
 
 
+def question_row(q: Question, protocol: str, sampled: bool) -> dict:
+    """A question as a row of the eval/questions table."""
+    return {**dataclasses.asdict(q), "choices": list(q.choices), "labels": list(q.labels), "protocol": protocol, "sampled": sampled}
+
+
+def question_from_row(row: Mapping) -> Question:
+    """The question an eval/questions row holds."""
+    return Question(**{f.name: row[f.name] for f in dataclasses.fields(Question)} | {"choices": tuple(row["choices"]), "labels": tuple(row["labels"])})
+
+
 def sample_questions(questions: list[Question], limit: int | None, seed: int) -> list[Question]:
     """A deterministic sample of at most `limit` questions (None or <= 0: all), in input order.
 
@@ -316,6 +305,16 @@ def sample_questions(questions: list[Question], limit: int | None, seed: int) ->
         rng.shuffle(group)
     round_robin = [p for one_round in zip_longest(*order) for p in one_round if p is not None]
     return [questions[i] for i in sorted(round_robin[:limit])]
+
+
+# Each benchmark of srlm/registry.py: (the kit's eval/ folder, split, question id prefix) -> its questions.
+READERS = {
+    "gsm8k": lambda eval_dir, split, prefix: _read_gsm8k(_existing(eval_dir / "gsm8k" / f"{split}.jsonl"), prefix),
+    "arc_challenge": lambda eval_dir, split, prefix: _read_arc(_existing(eval_dir / "arc_challenge" / f"{split}.jsonl"), prefix),
+    "mmlu": lambda eval_dir, split, prefix: _read_mmlu(eval_dir / "mmlu" / split, split, prefix),
+    "hellaswag": lambda eval_dir, split, prefix: _read_hellaswag(_existing(eval_dir / "hellaswag" / "hellaswag_val_full.txt.bz2"), prefix),
+    "bbh": lambda eval_dir, split, prefix: _read_bbh(eval_dir / "bbh", prefix),
+}
 
 
 # --------------------------------------------------------------------------------- generate protocol
@@ -342,7 +341,7 @@ def generation_messages(q: Question) -> list[dict[str, str]]:
         parts.append("\n".join(f"{label}. {text}" for label, text in zip(q.labels, q.choices)))
         form = "option_number" if all(label.isdigit() for label in q.labels) else "letter"
     else:
-        form = "number" if q.benchmark == "gsm8k" else "free"
+        form = "number" if BENCHMARKS[q.benchmark].numeric_answer else "free"
     parts.append(INSTRUCTION.format(form=ANSWER_FORMS[form]))
     return [{"role": "user", "content": "\n\n".join(parts)}]
 

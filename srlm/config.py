@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from srlm.arms import Arm, parse_arm
 from srlm.kit import KitNotFound, find_data_kit
 from srlm.paths import DEFAULT_CONFIG
+from srlm.registry import BENCHMARKS, BenchmarkName, SelectorName
 from srlm.voting import check_sample_counts
 
 CONFIG_ENV = "SRLM_CONFIG"
@@ -102,8 +103,12 @@ class InstructionSource(_Section):
     sample: Optional[int] = Field(default=None, ge=1)
 
 
-class Bootstrap(_Section):
-    corpus: list[InstructionSource] = Field(min_length=1)
+DType = Literal["auto", "float32", "bfloat16", "float16"]  # model.dtype, as the engines and the trainer take it
+
+
+class Pretraining(_Section):
+    """The bootstrap model's sizes and pretraining budget (srlm.bootstrap.BootstrapSettings adds the seed)."""
+
     vocab_size: int = Field(ge=300)
     hidden_size: int = Field(ge=8)
     intermediate_size: int = Field(ge=8)
@@ -119,7 +124,7 @@ class Bootstrap(_Section):
     mixed_precision: Literal["auto", "bf16", "no"]
 
     @model_validator(mode="after")
-    def _shapes(self) -> "Bootstrap":
+    def _shapes(self) -> "Pretraining":
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.seq_len > self.context_length:
@@ -127,11 +132,15 @@ class Bootstrap(_Section):
         return self
 
 
+class Bootstrap(Pretraining):
+    corpus: list[InstructionSource] = Field(min_length=1)
+
+
 class Model(_Section):
     base: str = Field(min_length=1)
     trust_remote_code: bool
     device: str
-    dtype: Literal["auto", "float32", "bfloat16", "float16"]
+    dtype: DType
     bootstrap: Bootstrap
 
     @property
@@ -194,6 +203,20 @@ class Generation(_Section):
     tensor_parallel_size: int = Field(ge=1)
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values of max_lora_rank vLLM accepts
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that serves adapters of rank r (r: 12 -> 16)."""
+    for rank in VLLM_LORA_RANKS:
+        if r <= rank:
+            return rank
+    raise ValueError(
+        f"LoRA rank {r} (train.lora.r) is above {VLLM_LORA_RANKS[-1]}, the largest rank vLLM serves; lower it, "
+        "or generate with generation.backend: transformers"
+    )
+
+
 class Executor(_Section):
     """Where generation, likelihood scoring and evaluation sampling run (srlm/distributed.py for ray)."""
 
@@ -212,16 +235,18 @@ class Executor(_Section):
 
 class Expand(_Section):
     examples: Optional[int] = Field(ge=1)
-    candidates: int = Field(ge=1, le=1024)
-    temperature: float = Field(ge=0, le=10)
-    top_p: float = Field(gt=0, le=1)
-    max_new_tokens: int = Field(ge=1)
+    candidates: int = Field(ge=1, le=1024, description="N: candidates per example")
+    temperature: float = Field(ge=0, le=10, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(gt=0, le=1, description="nucleus sampling mass, in (0, 1]")
+    max_new_tokens: int = Field(ge=1, description="longest candidate rationale, in tokens")
     shard_size: int = Field(ge=1)
 
 
 class Select(_Section):
-    selector: Literal["length", "likelihood", "consistency"]
-    margin: Optional[float] = Field(ge=0)
+    selector: SelectorName
+    margin: Optional[float] = Field(
+        ge=0, description="keep a winner only if it beats its parent by more than this (empty: always)"
+    )
     degeneration_ngram: int = Field(ge=1)
     max_repeated_fraction: float = Field(gt=0, le=1)
 
@@ -233,35 +258,40 @@ class Lora(_Section):
     target_modules: Union[str, list[str]]
 
 
-class Train(_Section):
-    init: Literal["base", "previous"]
+class TrainRun(_Section):
+    """The train keys one training run takes (srlm.training.TrainSettings adds the seed, device and dtype)."""
+
     epochs: float = Field(gt=0)
     learning_rate: float = Field(gt=0)
     batch_size: int = Field(ge=1)
     grad_accum: int = Field(ge=1)
     max_length: int = Field(ge=16)
     warmup_ratio: float = Field(ge=0, lt=1)
-    lora: Lora
     processes: int = Field(ge=1)
     fsdp: bool
     gradient_checkpointing: bool
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]]
 
 
+class Train(TrainRun):
+    init: Literal["base", "previous"]
+    lora: Lora
+
+
 class Benchmark(_Section):
     enabled: bool = True
     protocol: Literal["generate", "loglikelihood"] = "generate"
-    limit: Optional[int] = Field(default=None, ge=1)
+    limit: Optional[int] = Field(default=None, ge=1, description="questions evaluated (empty = all)")
 
 
 class Eval(_Section):
     data: str
     seed: int
-    samples: list[int] = Field(min_length=1)
-    temperature: float = Field(ge=0, le=10)
+    samples: list[int] = Field(min_length=1, description="N values: majority vote over N sampled answers")
+    temperature: float = Field(ge=0, le=10, description="sampling temperature of the generate protocol")
     top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(ge=1)
-    benchmarks: dict[Literal["gsm8k", "arc_challenge", "mmlu", "hellaswag", "bbh"], Benchmark]
+    benchmarks: dict[BenchmarkName, Benchmark]
     decontamination_ngram: int = Field(ge=4)
     comparison_resamples: int = Field(ge=1000)
 
@@ -274,7 +304,7 @@ class Eval(_Section):
     @model_validator(mode="after")
     def _checks(self) -> "Eval":
         for name, bench in self.benchmarks.items():
-            if bench.protocol == "loglikelihood" and name in ("gsm8k", "bbh"):
+            if bench.protocol == "loglikelihood" and not BENCHMARKS[name].multiple_choice:
                 raise ValueError(f"benchmarks.{name}: protocol 'loglikelihood' needs multiple choice; use 'generate'")
         return self
 
@@ -304,6 +334,12 @@ class ExperimentConfig(_Section):
         names = [parse_arm(name, self.select.selector).name for name in self.experiment.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"experiment.arms: an arm is listed twice ({', '.join(names)})")
+        return self
+
+    @model_validator(mode="after")
+    def _vllm_serves_the_lora_rank(self) -> "ExperimentConfig":
+        if self.generation.backend == "vllm":
+            vllm_lora_rank(self.train.lora.r)
         return self
 
     @property
@@ -340,12 +376,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     merged = _merge(default_raw, user_raw)
     shown_file = user_file or DEFAULT_CONFIG
     try:
-        config = ExperimentConfig.model_validate(merged)
+        cfg = ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, user_raw, user_file)) from None
-    config.source_file = str(shown_file)
-    _resolve_paths(config, user_raw, user_file)
-    return config
+    cfg.source_file = str(shown_file)
+    _resolve_paths(cfg, user_raw, user_file)
+    return cfg
 
 
 def _read_yaml(path: Path) -> dict:
@@ -451,7 +487,8 @@ def _describe(exc: ValidationError, user_raw: dict, user_file: Path | None) -> s
             continue
         got = err.get("input")
         got_text = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-        lines.append(f"{file}: {_dotted(loc) or 'config'}: {err['msg']}{got_text}")
+        message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
+        lines.append(f"{file}: {_dotted(loc) or 'config'}: {message}{got_text}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -470,7 +507,7 @@ def _uri_problem(uri: str) -> str | None:
     return None if rest.strip("/") else f"names no bucket: {uri}"
 
 
-def _resolve_paths(config: ExperimentConfig, user_raw: dict, user_file: Path | None) -> None:
+def _resolve_paths(cfg: ExperimentConfig, user_raw: dict, user_file: Path | None) -> None:
     """Make every path absolute ({kit} and config-relative), and check that the files it needs exist."""
     from srlm.base_models import PRESETS
 
@@ -485,7 +522,7 @@ def _resolve_paths(config: ExperimentConfig, user_raw: dict, user_file: Path | N
         if KIT_TOKEN in value:
             if not kit:
                 try:
-                    kit.append(find_data_kit(config.paths.data_kit))
+                    kit.append(find_data_kit(cfg.paths.data_kit))
                 except KitNotFound as exc:
                     raise err(loc, f"uses {KIT_TOKEN}, but {exc}") from None
             value = value.replace(KIT_TOKEN, str(kit[0]))
@@ -502,34 +539,34 @@ def _resolve_paths(config: ExperimentConfig, user_raw: dict, user_file: Path | N
             raise err(loc, f"is {what}, expected a {kind}: {path}")
         raise err(loc, f"{kind} not found: {path}")
 
-    if config.paths.data_kit is not None:
-        config.paths.data_kit = resolve(config.paths.data_kit, ("paths", "data_kit"))
-    home = config.paths.home if config.paths.home is not None else os.environ.get(HOME_ENV, ".srlm")
+    if cfg.paths.data_kit is not None:
+        cfg.paths.data_kit = resolve(cfg.paths.data_kit, ("paths", "data_kit"))
+    home = cfg.paths.home if cfg.paths.home is not None else os.environ.get(HOME_ENV, ".srlm")
     if "://" in home:
         raise err(("paths", "home"), f"is a local folder (Dagster instance, run lock, catalog), got {home}; "
                   "put tables, shards and checkpoints on an object store with paths.storage")
-    config.paths.home = resolve(home, ("paths", "home")) if config.paths.home else str(Path(home).resolve())
-    if config.paths.storage is not None:
-        storage = config.paths.storage
+    cfg.paths.home = resolve(home, ("paths", "home")) if cfg.paths.home else str(Path(home).resolve())
+    if cfg.paths.storage is not None:
+        storage = cfg.paths.storage
         problem = _uri_problem(storage) if "://" in storage else None
         if problem:
             raise err(("paths", "storage"), problem)
-        config.paths.storage = storage.rstrip("/") if "://" in storage else resolve(storage, ("paths", "storage"))
+        cfg.paths.storage = storage.rstrip("/") if "://" in storage else resolve(storage, ("paths", "storage"))
 
-    for i, src in enumerate(config.instructions.sources):
+    for i, src in enumerate(cfg.instructions.sources):
         src.path = need_file(src.path, ("instructions", "sources", i, "path"))
-    if config.model.is_bootstrap:
-        for i, src in enumerate(config.model.bootstrap.corpus):
+    if cfg.model.is_bootstrap:
+        for i, src in enumerate(cfg.model.bootstrap.corpus):
             src.path = need_file(src.path, ("model", "bootstrap", "corpus", i, "path"))
-    elif config.model.base not in PRESETS:
-        gguf = config.model.base.lower().endswith(".gguf")
-        config.model.base = need_file(config.model.base, ("model", "base"), directory=not gguf)
-    cat = config.catalyst
+    elif cfg.model.base not in PRESETS:
+        gguf = cfg.model.base.lower().endswith(".gguf")
+        cfg.model.base = need_file(cfg.model.base, ("model", "base"), directory=not gguf)
+    cat = cfg.catalyst
     if cat.source in ("derived", "teacher"):
         cat.pool.path = need_file(cat.pool.path, ("catalyst", "pool", "path"))
     if cat.source == "file":
         cat.file.path = need_file(cat.file.path, ("catalyst", "file", "path"))
     elif cat.source == "teacher" and cat.teacher.backend == "transformers":
         cat.teacher.model = need_file(cat.teacher.model, ("catalyst", "teacher", "model"), directory=True)
-    if config.eval.enabled:
-        config.eval.data = need_file(config.eval.data, ("eval", "data"), directory=True)
+    if cfg.eval.enabled:
+        cfg.eval.data = need_file(cfg.eval.data, ("eval", "data"), directory=True)

@@ -40,7 +40,8 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from srlm.datasets import stable_id
-from srlm.engines.types import Completion, GenerationOutput, LogProb, Message, Prompt, SamplingParams
+from srlm.engines.tokenization import TokenizingMixin, encode_prompts
+from srlm.engines.types import Completion, GenerationOutput, LogProb, Prompt, SamplingParams
 from srlm.storage import Storage, is_uri
 
 GENERATION_RESULT = pa.schema(
@@ -54,10 +55,10 @@ RESULT_SCHEMAS = {"generate": GENERATION_RESULT, "logprobs": SCORING_RESULT}
 class RaySettings:
     """The `executor` section as the jobs need it (configs/default.yaml documents each key)."""
 
-    address: str | None = None  # a running cluster ("auto", "ray://head:10001"); None: start Ray on this machine
-    num_cpus: int | None = None  # the CPUs of a Ray started here; None: the machine's cores
-    actors: int = 1  # engines in a job's actor pool
-    cpus_per_actor: int | None = None  # CPUs (torch threads) of a transformers actor; None: see actor_cpus
+    address: str | None  # a running cluster ("auto", "ray://head:10001"); None: start Ray on this machine
+    num_cpus: int | None  # the CPUs of a Ray started here; None: the machine's cores
+    actors: int  # engines in a job's actor pool
+    cpus_per_actor: int | None  # CPUs (torch threads) of a transformers actor; None: see actor_cpus
 
 
 @dataclass
@@ -199,14 +200,14 @@ def local_adapter(adapter: str | None, storage: dict) -> str | None:
 class EngineActor:
     """An actor of the pool: one TransformersEngine, loaded once per job, that computes batches of rows."""
 
-    def __init__(self, model_path: str, config, kind: str, params: SamplingParams | None, adapter: str | None,
+    def __init__(self, model_path: str, settings, kind: str, params: SamplingParams | None, adapter: str | None,
                  storage: dict, threads: int):
         import torch
 
         from srlm.engines.transformers_engine import TransformersEngine
 
         torch.set_num_threads(max(1, threads))
-        self.engine = TransformersEngine(model_path, config)
+        self.engine = TransformersEngine(model_path, settings)
         self.kind, self.params = kind, params
         self.adapter = local_adapter(adapter, storage)
 
@@ -225,39 +226,30 @@ class EngineActor:
 # ------------------------------------------------------------------------------------------ the engine
 
 
-class RayEngine:
-    """The engine interface, each call a Ray Data job whose rows land under `output` on `storage`.
+class RayEngine(TokenizingMixin):
+    """The engine interface (srlm.engines.types.Engine), each call a Ray Data job whose rows land under `output`
+    on `storage`.
 
-    `backend` is "transformers" (`engine_config`: a TransformersEngineConfig) or "vllm" (a VLLMEngineConfig,
+    `backend` is "transformers" (`engine_settings`: a TransformersEngineSettings) or "vllm" (a VLLMEngineSettings,
     run through ray.data.llm). `jobs` records every job of this engine, for the step's metadata."""
 
-    def __init__(self, model_path: str, backend: str, engine_config, settings: RaySettings, storage: Storage, output: str,
+    def __init__(self, model_path: str, backend: str, engine_settings, settings: RaySettings, storage: Storage, output: str,
                  batch_size: int):
-        self.model_path, self.backend, self.engine_config = str(model_path), backend, engine_config
+        self.model_path, self.backend, self.engine_settings = str(model_path), backend, engine_settings
         self.batch_size = batch_size  # rows per actor call (each call's results are one part)
         self.settings, self.storage, self.output = settings, storage, str(output).rstrip("/")
         from srlm.engines.runtime import tokenizer_and_context  # lazily, as before: transformers and torch
 
         # the driver only tokenizes: the model's tokenizer and context length, no weights
-        self.tokenizer, self.max_length = tokenizer_and_context(self.model_path, engine_config.trust_remote_code)
+        self.tokenizer, self.max_length = tokenizer_and_context(self.model_path, engine_settings.trust_remote_code)
         self.jobs: list[JobRecord] = []
-
-    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        from srlm.engines.transformers_engine import render_chat
-
-        return render_chat(self.tokenizer, messages, add_generation_prompt)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        from srlm.engines.transformers_engine import count_tokens
-
-        return count_tokens(self.tokenizer, texts)
 
     def _recipe(self, adapter: str | None, *more: Any) -> str:
         return _recipe(self.backend, self.model_path, adapter, *more)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams, adapter: str | None = None) -> list[GenerationOutput]:
         """n completions per prompt, in input order: the samples the local engine draws (see the module doc)."""
-        self._check_prompts(prompts)
+        encode_prompts(self.tokenizer, prompts, self.max_length)  # the local engines' check, before any job starts
         rows = generation_rows(prompts, params, self._recipe(adapter, sampling_recipe(params)))
         found = self._run("generate", rows, params, adapter)
         samples = sample_count(params)
@@ -272,15 +264,6 @@ class RayEngine:
         rows = scoring_rows(requests, self._recipe(adapter))
         found = self._run("logprobs", rows, None, adapter)
         return [LogProb(total=found[r["row_id"]]["total"], n_tokens=found[r["row_id"]]["n_tokens"]) for r in rows]
-
-    def _check_prompts(self, prompts: Sequence[Prompt]) -> None:
-        """The local engines' check, before any job starts: a prompt must leave room to generate."""
-        from srlm.engines.transformers_engine import encode_prompt
-
-        for i, prompt in enumerate(prompts):
-            n = len(encode_prompt(self.tokenizer, prompt))
-            if n >= self.max_length:
-                raise ValueError(f"prompt {i} has {n} tokens: no room to generate within the model's context of {self.max_length} tokens")
 
     def _run(self, kind: str, rows: list[dict], params: SamplingParams | None, adapter: str | None) -> dict[str, dict]:
         """Compute the rows not yet written under the output folder in one job; return every row's result."""
@@ -324,7 +307,7 @@ class RayEngine:
         return ray.data.from_items(todo, override_num_blocks=-(-len(todo) // per_call)).map_batches(
             EngineActor,
             fn_constructor_kwargs=dict(
-                model_path=self.model_path, config=self.engine_config, kind=kind, params=params, adapter=adapter,
+                model_path=self.model_path, settings=self.engine_settings, kind=kind, params=params, adapter=adapter,
                 storage=self.storage.record(), threads=cpus,
             ),
             compute=ray.data.ActorPoolStrategy(size=self.settings.actors),

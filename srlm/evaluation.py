@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import polars as pl
 
 from srlm.answer_extraction import extract_answer, is_correct
-from srlm.benchmarks import Question, generation_messages, loglikelihood_requests
-from srlm.engines.types import SamplingParams
+from srlm.benchmarks import Question, generation_messages, loglikelihood_requests, question_from_row
+from srlm.engines.types import Engine, SamplingParams
 from srlm.voting import majority_vote
 
 
@@ -37,7 +38,7 @@ class EvalSettings:
 
 
 def evaluate_generate(
-    questions: Sequence[Question], engine, adapter: str | None, settings: EvalSettings
+    questions: Sequence[Question], engine: Engine, adapter: str | None, settings: EvalSettings
 ) -> list[dict]:
     if not questions:
         return []
@@ -75,7 +76,7 @@ def evaluate_generate(
     return rows
 
 
-def evaluate_loglikelihood(questions: Sequence[Question], engine, adapter: str | None) -> list[dict]:
+def evaluate_loglikelihood(questions: Sequence[Question], engine: Engine, adapter: str | None) -> list[dict]:
     requests, spans = [], []
     for q in questions:
         reqs = loglikelihood_requests(q)
@@ -124,7 +125,7 @@ def acc_norm_choice(totals: Sequence[float], continuations: Sequence[str]) -> in
 def evaluate(
     questions_by_benchmark: dict[str, Sequence[Question]],
     protocols: dict[str, str],
-    engine,
+    engine: Engine,
     adapter: str | None,
     settings: EvalSettings,
     log: Callable[[str], None] = lambda _: None,
@@ -146,6 +147,12 @@ def evaluate(
         log(f"{benchmark} ({protocols[benchmark]}): {len(questions)} questions, accuracy {accuracy:.3f}")
         rows += part
     return rows
+
+
+def questions_by_benchmark(questions: pl.DataFrame, benchmarks: Iterable[str]) -> dict[str, list[Question]]:
+    """The sampled questions of an eval/questions table, per benchmark, in the given order."""
+    sampled = questions.filter(pl.col("sampled"))
+    return {name: [question_from_row(r) for r in sampled.filter(pl.col("benchmark") == name).iter_rows(named=True)] for name in benchmarks}
 
 
 def accuracy_at_smallest_n(rows: Iterable[Mapping]) -> dict[str, float]:

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import polars as pl
 import pyarrow as pa
 
 from srlm import prompts
 from srlm.datasets import stable_id
-from srlm.engines.types import SamplingParams
+from srlm.engines.types import Engine, SamplingParams
+from srlm.registry import ANSWER, ENRICH, SRLM
 from srlm.storage import Storage
 
 CANDIDATE_SCHEMA = pa.schema(
@@ -62,8 +64,8 @@ class ExpansionTask:
 # each prompt's messages, and the name of its template's version in srlm/prompts.py (read when needed, so
 # the version is always the template's current one)
 PROMPTS = {
-    "enrich": (lambda t: prompts.enrich_messages(t.instruction, t.input, t.rationale, t.output), "ENRICH_VERSION"),
-    "answer": (lambda t: prompts.answer_messages(t.instruction, t.input), "ANSWER_FORMAT_VERSION"),
+    ENRICH: (lambda t: prompts.enrich_messages(t.instruction, t.input, t.rationale, t.output), "ENRICH_VERSION"),
+    ANSWER: (lambda t: prompts.answer_messages(t.instruction, t.input), "ANSWER_FORMAT_VERSION"),
 }
 
 
@@ -78,8 +80,8 @@ class ExpansionSettings:
     checkpoint_id: str
     params: SamplingParams  # its seed is the run seed; each shard derives its own from it
     shard_size: int
-    arm: str = "srlm"
-    prompt: str = "enrich"  # a key of PROMPTS
+    arm: str = SRLM
+    prompt: str = ENRICH  # a key of PROMPTS
 
     @property
     def template_version(self) -> str:
@@ -114,7 +116,7 @@ def recipe_key(tasks: Sequence[ExpansionTask], settings: ExpansionSettings, adap
 
 
 def _shard_rows(
-    shard: int, tasks: Sequence[ExpansionTask], engine, settings: ExpansionSettings, adapter: str | None, run_id: str
+    shard: int, tasks: Sequence[ExpansionTask], engine: Engine, settings: ExpansionSettings, adapter: str | None, run_id: str
 ) -> pa.Table:
     seed = shard_seed(settings.params.seed, settings.iteration, shard)
     params = SamplingParams(**{**settings.params.__dict__, "seed": seed})
@@ -152,7 +154,7 @@ def _shard_rows(
 
 def expand(
     tasks: Sequence[ExpansionTask],
-    engine,
+    engine: Engine,
     settings: ExpansionSettings,
     shard_dir: str | Path,
     run_id: str,
@@ -178,3 +180,15 @@ def expand(
         log(f"shard {index + 1}/{len(shards)}: {len(shard)} examples, {table.num_rows} candidates")
     all_rows = pa.concat_tables(tables) if tables else CANDIDATE_SCHEMA.empty_table()
     return all_rows, {"shards": len(shards), "reused": reused, "generated": len(shards) - reused}
+
+
+def candidates_metadata(candidates: pl.DataFrame, examples: int, counts: dict[str, int]) -> dict:
+    """What a candidates asset reports: its size, length, cut-off candidates and reused shards."""
+    return {
+        "examples": examples,
+        "candidates": candidates.height,
+        "mean_tokens": float(candidates["n_tokens"].mean() or 0.0),
+        "cut_off_at_token_limit": int((candidates["finish_reason"] == "length").sum()),
+        "shards_reused": counts["reused"],
+        "shards_generated": counts["generated"],
+    }

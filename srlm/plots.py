@@ -16,7 +16,8 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import polars as pl
 
-from srlm.arms import SELECTORS, leaf_arms, lineage
+from srlm.arms import leaf_arms, lineage
+from srlm.registry import ANSWER, CANDIDATE, PARENT, selector_names
 
 SCORE_QUANTILES = {"p10": 0.1, "median": 0.5, "p90": 0.9}
 
@@ -50,7 +51,7 @@ def iteration_label(iteration: int) -> str:
 def rationale_words(examples: pl.DataFrame) -> pl.DataFrame:
     """Rationale length in words of the answering examples. Columns in: iteration, task, rationale."""
     words = pl.col("rationale").fill_null("").str.count_matches(r"\S+")  # any whitespace separates words
-    return examples.filter(pl.col("task") == "answer").select("iteration", words.alias("n_words"))
+    return examples.filter(pl.col("task") == ANSWER).select("iteration", words.alias("n_words"))
 
 
 def rationale_lengths(examples: pl.DataFrame) -> bytes:
@@ -70,17 +71,18 @@ def rationale_lengths(examples: pl.DataFrame) -> bytes:
 
 def score_distributions(scores: pl.DataFrame) -> bytes:
     """Histogram of each selector's score, candidates vs the parent rationales they enrich.
-    Columns: role, length, likelihood, consistency (non-finite scores are left out and counted)."""
-    fig, axes = plt.subplots(1, len(SELECTORS), figsize=(10, 3))
-    for ax, selector in zip(axes, SELECTORS):
-        for role, colour in (("candidate", "tab:blue"), ("parent", "tab:orange")):
+    Columns: role and one per registered selector (non-finite scores are left out and counted)."""
+    names = selector_names()
+    fig, axes = plt.subplots(1, len(names), figsize=(10, 3), squeeze=False)
+    for ax, selector in zip(axes[0], names):
+        for role, colour in ((CANDIDATE, "tab:blue"), (PARENT, "tab:orange")):
             values = scores.filter(pl.col("role") == role)[selector]
             finite = values.filter(values.is_finite())
             if finite.len():
                 ax.hist(finite.to_list(), bins=20, alpha=0.6, color=colour, label=f"{role} ({finite.len()})")
             dropped = values.len() - finite.len()
             if dropped:
-                ax.text(0.02, 0.92 if role == "candidate" else 0.82, f"{role}: {dropped} non-finite",
+                ax.text(0.02, 0.92 if role == CANDIDATE else 0.82, f"{role}: {dropped} non-finite",
                         transform=ax.transAxes, fontsize=7)
         ax.set_title(selector)
         _legend(ax)
@@ -92,10 +94,10 @@ def score_summary(scores: pl.DataFrame) -> dict[str, float | int | None]:
     """Per selector, over the candidate rows: mean, p10, median and p90 of the finite scores, and how many
     scores are not finite (degenerate text scores -inf; null and NaN count too). Flat keys such as
     "likelihood/p90", ready for asset metadata; a statistic with no finite score is None.
-    Columns: role, length, likelihood, consistency."""
-    candidates = scores.filter(pl.col("role") == "candidate")
+    Columns: role and one per registered selector."""
+    candidates = scores.filter(pl.col("role") == CANDIDATE)
     summary: dict[str, float | int | None] = {}
-    for selector in SELECTORS:
+    for selector in selector_names():
         values = candidates[selector]
         finite = values.filter(values.is_finite())
         summary[f"{selector}/mean"] = finite.mean()

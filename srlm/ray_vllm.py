@@ -28,22 +28,21 @@ from srlm.storage import is_uri
 def generation_request(row: dict, tokenizer, params: SamplingParams, max_length: int) -> dict:
     """A generation row with its prompt tokens, token budget and sample seed (computed on the driver)."""
     from srlm.distributed import decode_prompt
-    from srlm.engines.transformers_engine import encode_prompt, sequence_seed
+    from srlm.engines.tokenization import encode_prompt
+    from srlm.engines.vllm_engine import vllm_seed
 
     ids = encode_prompt(tokenizer, decode_prompt(row["prompt"]))
-    seed = None if params.temperature == 0 else sequence_seed(params.seed, ids, row["sample_index"]) & 0x7FFF_FFFF
-    return {"row_id": row["row_id"], "tokenized_prompt": ids, "seed": seed,
+    return {"row_id": row["row_id"], "tokenized_prompt": ids, "seed": vllm_seed(params, ids, row["sample_index"]),
             "max_tokens": min(params.max_new_tokens, max_length - len(ids))}
 
 
 def scoring_request(row: dict, tokenizer, max_length: int) -> dict:
     """A scoring row as the tokens vLLM scores (context dropped from the left to fit with the one token it
     must generate) and how many of the last ones are the continuation's."""
-    from srlm.engines.transformers_engine import encode_pair
+    from srlm.engines.tokenization import scoring_window
 
-    ctx, cont = encode_pair(tokenizer, row["context"], row["continuation"])
-    full = (ctx + cont)[-(max_length - 1) :]
-    return {"row_id": row["row_id"], "tokenized_prompt": full, "n_scored": min(len(cont), len(full) - 1)}
+    full, n = scoring_window(tokenizer, row["context"], row["continuation"], max_length - 1)
+    return {"row_id": row["row_id"], "tokenized_prompt": full, "n_scored": n}
 
 
 def preprocess(row: dict, kind: str, params: SamplingParams | None, stop_ids: list[int], lora: str | None) -> dict:
@@ -98,39 +97,21 @@ def lora_target(adapter: str | None, storage) -> tuple[str | None, str | None]:
     return adapter[len(root) + 1 :], root
 
 
-def processor_config(model_path: str, config, per_call: int, actors: int, lora_root: str | None):
-    """ray.data.llm's vLLMEngineProcessorConfig for the engine settings (a VLLMEngineConfig)."""
+def processor_config(model_path: str, settings, per_call: int, actors: int, lora_root: str | None):
+    """ray.data.llm's vLLMEngineProcessorConfig for the engine settings (a VLLMEngineSettings)."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    engine_kwargs = dict(
-        dtype=config.dtype, gpu_memory_utilization=config.gpu_memory_utilization,
-        tensor_parallel_size=config.tensor_parallel_size, trust_remote_code=config.trust_remote_code, seed=config.seed,
-    )
-    if config.max_model_len:
-        engine_kwargs["max_model_len"] = config.max_model_len
-    if config.enable_lora:
-        engine_kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
     return vLLMEngineProcessorConfig(
-        model_source=model_path, engine_kwargs=engine_kwargs, batch_size=per_call, concurrency=actors,
+        model_source=model_path, engine_kwargs=settings.engine_kwargs(), batch_size=per_call, concurrency=actors,
         chat_template_stage=False, tokenize_stage=False, detokenize_stage=False, dynamic_lora_loading_path=lora_root,
     )
-
-
-def stop_ids_of(model_path: str, tokenizer) -> list[int]:
-    from transformers import GenerationConfig
-
-    from srlm.engines.transformers_engine import stop_token_ids
-
-    try:
-        generation_config = GenerationConfig.from_pretrained(model_path)
-    except OSError:
-        generation_config = None
-    return stop_token_ids(tokenizer, generation_config)
 
 
 def engine_step(ray, engine, kind: str, todo: list[dict], params: SamplingParams | None, adapter: str | None, per_call: int):
     """The rows' results through ray.data.llm's vLLM processor (`engine`: the srlm.distributed.RayEngine)."""
     from ray.data.llm import build_processor
+
+    from srlm.engines.tokenization import model_stop_ids
 
     tokenizer, max_length = engine.tokenizer, engine.max_length
     if kind == "generate":
@@ -138,9 +119,9 @@ def engine_step(ray, engine, kind: str, todo: list[dict], params: SamplingParams
     else:
         requests = [scoring_request(r, tokenizer, max_length) for r in todo]
     lora, lora_root = lora_target(adapter, engine.storage)
-    stop_ids = stop_ids_of(engine.model_path, tokenizer)
+    stop_ids = model_stop_ids(engine.model_path, tokenizer)
     processor = build_processor(
-        processor_config(engine.model_path, engine.engine_config, per_call, engine.settings.actors, lora_root),
+        processor_config(engine.model_path, engine.engine_settings, per_call, engine.settings.actors, lora_root),
         preprocess=partial(preprocess, kind=kind, params=params, stop_ids=stop_ids, lora=lora),
         postprocess=partial(postprocess, kind=kind, stop_ids=stop_ids),
     )

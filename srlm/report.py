@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from srlm import plots
+from srlm.registry import selector_names
 from srlm.sqlfiles import sql_text
 from srlm.warehouse import catalog_storage, list_tables, query_read_only
 
@@ -27,17 +28,21 @@ select checkpoint, reference, benchmark, n_samples as N, metric, questions,
 from eval.comparison order by arm, iteration, relation, benchmark, n_samples, metric
 """
 
-# (file stem, title, the views it needs, query, plot function)
-PLOTS = [
-    ("rationale_lengths", "Rationale length by iteration", {"training_examples"},
-     "select iteration, task, rationale from training_examples", plots.rationale_lengths),
-    ("selector_scores", "Selector score distributions (all iterations)", {"scores"},
-     "select role, length, likelihood, consistency from scores", plots.score_distributions),
-    ("accuracy_by_iteration", "Accuracy by arm and iteration, with 95% intervals", {"eval.summary"},
-     "select arm, iteration, benchmark, accuracy, accuracy_low, accuracy_high from eval.summary", plots.accuracy_by_iteration),
-    ("accuracy_vs_samples", "Accuracy vs number of samples (majority vote), per arm", {"eval.scaling"},
-     "select arm, iteration, benchmark, n_samples, accuracy from eval.scaling", plots.accuracy_vs_samples),
-]
+
+def report_plots() -> list[tuple]:
+    """(file stem, title, the views it needs, query, plot function) of each plot; the score plot shows every
+    registered selector."""
+    return [
+        ("rationale_lengths", "Rationale length by iteration", {"training_examples"},
+         "select iteration, task, rationale from training_examples", plots.rationale_lengths),
+        ("selector_scores", "Selector score distributions (all iterations)", {"scores"},
+         f"select role, {', '.join(selector_names())} from scores", plots.score_distributions),
+        ("accuracy_by_iteration", "Accuracy by arm and iteration, with 95% intervals", {"eval.summary"},
+         "select arm, iteration, benchmark, accuracy, accuracy_low, accuracy_high from eval.summary", plots.accuracy_by_iteration),
+        ("accuracy_vs_samples", "Accuracy vs number of samples (majority vote), per arm", {"eval.scaling"},
+         "select arm, iteration, benchmark, n_samples, accuracy from eval.scaling", plots.accuracy_vs_samples),
+    ]
+
 
 TABLES = [
     ("Checkpoints", {"checkpoints"},
@@ -95,7 +100,7 @@ def build_report(home: str | Path, out_dir: str | Path | None = None, title: str
     for heading, needs, query in TABLES:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         parts.append(html_table(frame(home, query)) if needs <= views else _missing(needs - views))
-    for stem, heading, needs, query, plot in PLOTS:
+    for stem, heading, needs, query, plot in report_plots():
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if not needs <= views:
             parts.append(_missing(needs - views))

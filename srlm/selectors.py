@@ -1,7 +1,8 @@
-"""The three answer-format-agnostic selectors (docs/design.md, "The method"), as pure functions.
+"""The answer-format-agnostic selectors (docs/design.md, "The method"), as pure functions.
 
-Each gives every candidate rationale a score, higher is better; SQL (sql/select_<name>.sql) then keeps
-the best candidate per example. None of them parses answers.
+Each scorer gives a rationale (a candidate, or the parent it rewrote) a score from what scoring measured of
+it (`Measured`), higher is better; SQL (sql/select_<name>.sql) then keeps the best candidate per example.
+srlm/registry.py names them. None of them parses answers.
 
 - length:      tokens of the rationale; degenerate text scores -inf: empty, cut off by the token
                limit (no end), or more than `max_repeated_fraction` of its word n-grams are repeats.
@@ -15,6 +16,8 @@ the best candidate per example. None of them parses answers.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 NEG_INF = float("-inf")
@@ -51,12 +54,13 @@ def likelihood_gain(mean_logp_with_rationale: float, mean_logp_without: float) -
     return mean_logp_with_rationale - mean_logp_without
 
 
-def _features(text: str) -> set[str]:
+@lru_cache(maxsize=4096)  # a candidate is compared with each of its siblings
+def _features(text: str) -> frozenset[str]:
     words = _WORD.findall(text.lower())
-    return set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
+    return frozenset(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
 
 
-def _jaccard(fa: set[str], fb: set[str]) -> float:
+def _jaccard(fa: frozenset[str], fb: frozenset[str]) -> float:
     union = fa | fb
     return len(fa & fb) / len(union) if union else 1.0
 
@@ -65,18 +69,41 @@ def similarity(a: str, b: str) -> float:
     return _jaccard(_features(a), _features(b))
 
 
-def consistency_scores(texts: Sequence[str]) -> list[float]:
-    """Mean similarity of each text to the others."""
-    if len(texts) < 2:
-        return [0.0] * len(texts)
-    feats = [_features(t) for t in texts]
-    sims = [[0.0] * len(texts) for _ in texts]
-    for i in range(len(texts)):
-        for j in range(i + 1, len(texts)):
-            sims[i][j] = sims[j][i] = _jaccard(feats[i], feats[j])
-    return [sum(row) / (len(texts) - 1) for row in sims]
-
-
 def consistency_to(text: str, others: Sequence[str]) -> float:
-    """Mean similarity of one text (a parent rationale) to a set of candidates."""
+    """Mean similarity of one text to a set of others (0 without any: no agreement to measure)."""
     return sum(similarity(text, o) for o in others) / len(others) if others else 0.0
+
+
+# ------------------------------------------------------------------------------------------------ scorers
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a scorer sees of one rationale: its text, what scoring measured with the writer's model, and
+    the texts of its example's candidates."""
+
+    text: str
+    role: str  # candidate | parent
+    n_tokens: int
+    degenerate: str | None  # `degeneration`'s reason, None when fine (an empty parent is fine)
+    logp_with_rationale: float  # mean log p(y | x, r)
+    logp_without: float  # mean log p(y | x)
+    siblings: tuple[str, ...]  # the example's candidate texts, in sample order
+    index: int | None  # this candidate's place among them; None for the parent
+
+    @property
+    def others(self) -> list[str]:
+        """The example's candidates other than this one (all of them for the parent)."""
+        return [t for i, t in enumerate(self.siblings) if i != self.index]
+
+
+def length(m: Measured) -> float:
+    return length_score(m.n_tokens, m.degenerate)
+
+
+def likelihood(m: Measured) -> float:
+    return likelihood_gain(m.logp_with_rationale, m.logp_without)
+
+
+def consistency(m: Measured) -> float:
+    return consistency_to(m.text, m.others)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from srlm.registry import PARENT, selector_names
 from srlm.warehouse import query_read_only
 
 EXCERPT_CHARS = 120
@@ -54,9 +55,10 @@ def rationale_story(home: str | Path, candidate_id: str, selector: str, schema: 
             lines.append(f"| D0 | the data | {_excerpt(example['rationale']) or '(none)'} |")
         else:
             lines.append(f"| {link['iteration']} | `{link['checkpoint_id']}` | {_excerpt(link['text'])} |")
+    names = selector_names()
     board = _rows(
         home,
-        """select s.role, c.sample_index, s.candidate_id, s.length, s.likelihood, s.consistency
+        f"""select s.role, c.sample_index, s.candidate_id, {", ".join(f"s.{n}" for n in names)}
            from scores s left join candidates c on c.candidate_id = s.candidate_id
            where s.iteration = ? and s.arm = ? and s.example_id = ? order by s.role desc, c.sample_index""",
         (winner["iteration"], winner["arm"], example_id),
@@ -66,13 +68,13 @@ def rationale_story(home: str | Path, candidate_id: str, selector: str, schema: 
         f"**Why it was kept at iteration {winner['iteration']}**: selector `{selector}`, best {selector} score among "
         "the non-degenerate candidates (the parent row is the rationale they enriched)",
         "",
-        "| candidate | length | likelihood | consistency | kept |",
-        "|---|---|---|---|---|",
+        f"| candidate | {' | '.join(names)} | kept |",
+        "|---" * (len(names) + 2) + "|",
     ]
     for row in board:
-        name = "parent" if row["role"] == "parent" else f"sample {row['sample_index']}"
+        name = PARENT if row["role"] == PARENT else f"sample {row['sample_index']}"
         kept = "**yes**" if row["candidate_id"] == candidate_id else ""
-        scores = " | ".join(_number(row[s]) for s in ("length", "likelihood", "consistency"))
+        scores = " | ".join(_number(row[s]) for s in names)
         lines.append(f"| {name} | {scores} | {kept} |")
     lines += ["", f"It trains M{winner['iteration']} through `{schema}/training_examples`."]
     return "\n".join(lines)

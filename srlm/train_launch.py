@@ -21,12 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
+from srlm.config import Lora
 from srlm.engines.runtime import resolve_device
-from srlm.training import LoraSettings, TrainReport, TrainSettings, run_training
+from srlm.training import TrainReport, TrainSettings, run_training
 
 _TAIL_LINES = 30  # of the launch's other output, shown when it fails without a process saying why
 _ERROR_PREFIX = "train-error: "  # a process's line saying why it failed
@@ -36,7 +36,7 @@ def launch(
     base_model_path: str | Path,
     examples: Sequence[tuple[str, str]],
     out_dir: str | Path,
-    lora: LoraSettings,
+    lora: Lora,
     settings: TrainSettings,
     init_adapter: str | None,
     log: Callable[[str], None],
@@ -51,8 +51,8 @@ def launch(
                     "base_model_path": str(base_model_path),
                     "examples": [list(e) for e in examples],
                     "out_dir": str(out_dir),
-                    "lora": asdict(lora),
-                    "settings": asdict(settings),
+                    "lora": lora.model_dump(),
+                    "settings": settings.model_dump(),
                     "init_adapter": None if init_adapter is None else str(init_adapter),
                 }
             )
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             spec["base_model_path"],
             [tuple(e) for e in spec["examples"]],
             spec["out_dir"],
-            LoraSettings(**spec["lora"]),
+            Lora(**spec["lora"]),
             TrainSettings(**spec["settings"]),
             spec["init_adapter"],
             log=lambda msg: print(msg, flush=True),

@@ -1,7 +1,7 @@
 """LoRA fine-tuning with peft and accelerate: (rendered prompt, completion) pairs, loss on the completion tokens only.
 
     report = train_lora("models/base", [(prompt, completion), ...], "ckpt/iter_1",
-                        LoraSettings(r=8), TrainSettings(epochs=2))
+                        cfg.train.lora, TrainSettings.of(cfg.train, seed=0, device="cpu", dtype="auto"))
 
 - The completion gets the tokenizer's eos appended; prompt tokens (and padding) are not trained.
 - An example longer than max_length keeps its completion and loses prompt tokens from the left
@@ -36,43 +36,32 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from srlm.config import DType, Lora, TrainRun
 from srlm.engines.runtime import atomic_output_dir, load_causal_lm, resolve_device, resolve_dtype
 
 IGNORE_INDEX = -100
 _GROUP_WINDOW = 50  # batches per length-sorting window
-_TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
-@dataclass
-class LoraSettings:
-    r: int = 8                   # rank
-    alpha: int = 16              # scaling numerator (scale = alpha / r)
-    dropout: float = 0.05
-    target_modules: Union[str, list[str]] = "all-linear"  # peft's "all-linear", or module names
+class TrainSettings(TrainRun):
+    """One training run: the `train` keys it takes (types and bounds in srlm.config.TrainRun), the experiment's
+    seed, the model's device and dtype, and what only the code sets (max_steps, log_every, logging_dir)."""
 
+    seed: int
+    device: str
+    dtype: DType
+    max_steps: Optional[int] = None  # optimizer steps; None = from epochs
+    log_every: int = 10  # steps between log lines
+    logging_dir: Optional[str] = None  # this run's TensorBoard folder; None: runs/<out_dir name> beside out_dir
 
-@dataclass
-class TrainSettings:
-    epochs: float = 1.0          # passes over the examples (fractions allowed); max_steps overrides
-    learning_rate: float = 1e-3  # AdamW peak
-    batch_size: int = 16         # examples per micro-batch, all processes together
-    grad_accum: int = 1          # micro-batches per optimizer step
-    max_length: int = 512        # tokens per example (prompt + completion + eos)
-    warmup_ratio: float = 0.05   # of the optimizer steps
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"          # auto (bf16 on a CUDA GPU with bf16, else float32) | float32 | bfloat16 | float16
-    max_steps: int | None = None # optimizer steps; None = from epochs
-    log_every: int = 10          # steps between log lines
-    processes: int = 1           # 1: in this process; N > 1: N processes under `accelerate launch`
-    fsdp: bool = False           # with processes > 1: shard the model with FSDP instead of replicating it (DDP)
-    gradient_checkpointing: bool = False
-    report_to: Union[str, list[str]] = "tensorboard"  # tensorboard | wandb | mlflow | none, or a list of them
-    logging_dir: str | None = None  # this run's TensorBoard folder; None: runs/<out_dir name> beside out_dir
+    @classmethod
+    def of(cls, train: TrainRun, seed: int, device: str, dtype: str, **code_only) -> "TrainSettings":
+        """The settings of a run with the `train` section's keys (its `init` and `lora` are not the run's)."""
+        return cls(**train.model_dump(include=set(TrainRun.model_fields)), seed=seed, device=device, dtype=dtype, **code_only)
 
 
 @dataclass
@@ -191,11 +180,8 @@ class CompletionLM(torch.nn.Module):
 
 
 def check_settings(settings: TrainSettings) -> None:
-    """Reject settings that cannot run, before any model is loaded or process started."""
-    if settings.batch_size < 1 or settings.grad_accum < 1:
-        raise ValueError("batch_size and grad_accum must be >= 1")
-    if settings.processes < 1:
-        raise ValueError(f"processes must be >= 1, got {settings.processes}")
+    """Reject settings that cannot run on this machine, before any model is loaded or process started (the
+    schema has checked each value on its own)."""
     if settings.fsdp and settings.processes < 2:
         raise ValueError("fsdp shards the model over processes: it needs processes >= 2")
     if settings.fsdp and resolve_device(settings.device).type == "cpu":
@@ -203,23 +189,16 @@ def check_settings(settings: TrainSettings) -> None:
     from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
     available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
-    for name in tracker_names(settings.report_to):
-        if name not in available:
-            raise ValueError(f"report_to: unknown tracker {name!r}; use {', '.join(_TRACKERS)} or none")
+    for name in settings.report_to:
         if not available[name]():
             raise ValueError(f"report_to: {name!r} needs the {name} package (pip install {name})")
-
-
-def tracker_names(report_to: Union[str, Sequence[str]]) -> list[str]:
-    names = [report_to] if isinstance(report_to, str) else list(report_to)
-    return [n.strip().lower() for n in names if n.strip().lower() not in ("", "none")]
 
 
 def train_lora(
     base_model_path: str | Path,
     examples: Sequence[tuple[str, str]],
     out_dir: str | Path,
-    lora: LoraSettings,
+    lora: Lora,
     settings: TrainSettings,
     init_adapter: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -240,7 +219,7 @@ def run_training(
     base_model_path: str | Path,
     examples: Sequence[tuple[str, str]],
     out_dir: str | Path,
-    lora: LoraSettings,
+    lora: Lora,
     settings: TrainSettings,
     init_adapter: str | None,
     log: Callable[[str], None],
@@ -325,15 +304,15 @@ def _trackers(settings: TrainSettings, out_dir: Path) -> list:
         "wandb": lambda: WandBTracker(os.environ.get("WANDB_PROJECT", "srlm"), name=out_dir.name),
         "mlflow": lambda: MLflowTracker(experiment_name="srlm", run_name=out_dir.name),
     }
-    return [make[name]() for name in tracker_names(settings.report_to)]
+    return [make[name]() for name in settings.report_to]
 
 
-def _hyperparameters(lora: LoraSettings, settings: TrainSettings, n_examples: int) -> dict:
-    values = {f"lora_{k}": v for k, v in asdict(lora).items()} | asdict(settings) | {"examples": n_examples}
+def _hyperparameters(lora: Lora, settings: TrainSettings, n_examples: int) -> dict:
+    values = {f"lora_{k}": v for k, v in lora.model_dump().items()} | settings.model_dump() | {"examples": n_examples}
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
 
 
-def _lora_model(base_model_path, lora: LoraSettings, settings: TrainSettings, init_adapter, accelerator, log):
+def _lora_model(base_model_path, lora: Lora, settings: TrainSettings, init_adapter, accelerator, log):
     """(peft model in train mode, tokenizer): a fresh LoRA on the base model, or the previous adapter, trainable."""
     from peft import LoraConfig, PeftModel, get_peft_model
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 import random
 from typing import Callable, Iterable, Mapping, Optional
 
+import polars as pl
+
 from srlm import prompts
 from srlm.expansion import ExpansionTask
+from srlm.registry import ANSWER, ENRICH
 
 Render = Callable[[list[dict[str, str]]], str]  # chat messages -> the model's prompt text
 
@@ -26,7 +29,7 @@ def initial_rows(
         {
             "arm": arm,
             "iteration": 0,
-            "task": "answer",
+            "task": ANSWER,
             "example_id": ex["example_id"],
             "rationale_id": ex["example_id"],
             "rationale_iteration": 0,
@@ -43,7 +46,7 @@ def initial_rows(
         {
             "arm": arm,
             "iteration": 0,
-            "task": "enrich",
+            "task": ENRICH,
             "example_id": c["catalyst_id"],
             "rationale_id": None,
             "rationale_iteration": 0,
@@ -65,12 +68,35 @@ def next_rows(arm: str, iteration: int, previous: Iterable[Mapping], chosen: Map
     rows = []
     for row in previous:
         row = {**row, "arm": arm, "iteration": iteration}
-        if row["task"] == "answer" and row["example_id"] in chosen:
+        if row["task"] == ANSWER and row["example_id"] in chosen:
             row["rationale_id"], row["rationale"] = chosen[row["example_id"]]
             row["rationale_iteration"] = iteration
             row["completion"] = prompts.answer_completion(row["rationale"], row["response"])
         rows.append(row)
     return rows
+
+
+def chosen_rationales(selected: pl.DataFrame, candidates: pl.DataFrame) -> dict[str, tuple[str, str]]:
+    """example_id -> (candidate_id, text) of each selected candidate: what `next_rows` trains on."""
+    chosen = selected.join(candidates.select("candidate_id", "text"), on="candidate_id", how="left")
+    return {r["example_id"]: (r["candidate_id"], r["text"]) for r in chosen.iter_rows(named=True)}
+
+
+def answer_rows(examples: pl.DataFrame) -> pl.DataFrame:
+    """The answering rows of a training set (its enriching rows left out)."""
+    return examples.filter(pl.col("task") == ANSWER)
+
+
+def training_metadata(examples: pl.DataFrame) -> dict:
+    """What a training set asset reports: its rows per task, and its answering rationales."""
+    answers = answer_rows(examples)
+    with_rationale = answers.filter(pl.col("rationale") != "")
+    return {
+        "answer_examples": answers.height,
+        "enrich_examples": examples.height - answers.height,
+        "answers_with_rationale": with_rationale.height,
+        "mean_rationale_chars": float(with_rationale["rationale"].str.len_chars().mean() or 0.0),
+    }
 
 
 def expansion_subset(example_ids: Iterable[str], size: int | None, seed: int) -> list[str]:
@@ -83,7 +109,7 @@ def expansion_subset(example_ids: Iterable[str], size: int | None, seed: int) ->
 
 def expansion_tasks(previous: Iterable[Mapping], size: int | None, seed: int) -> list[ExpansionTask]:
     """One task per expanded example: its current rationale (the parent) and its reference response."""
-    current = {r["example_id"]: r for r in previous if r["task"] == "answer"}
+    current = {r["example_id"]: r for r in previous if r["task"] == ANSWER}
     return [
         ExpansionTask(e, current[e]["rationale_id"], current[e]["instruction"], current[e]["input"], current[e]["rationale"], current[e]["response"])
         for e in expansion_subset(current, size, seed)

@@ -267,7 +267,7 @@ class WordEngine:
 def test_data_instructions_stops_when_a_source_keeps_nothing(micro_config):
     """Two sources: one mapped right, one whose column mapping matches nothing. Half the rows survive
     overall, but the second file kept none: the run stops naming it."""
-    from assets.data import instructions_tables
+    from srlm.intake import instructions_tables
 
     good = {"name": "mine", "path": str(BAD / "prompt_response.jsonl"), "columns": {"instruction": "prompt", "output": "response"}}
     config = load_config(micro_config({"instructions": {"sources": [good]}}))
@@ -285,7 +285,7 @@ def test_data_instructions_stops_when_a_source_keeps_nothing(micro_config):
 
 
 def test_data_catalyst_stops_when_nothing_is_enriched(micro_config):
-    from assets.data import catalyst_tables
+    from srlm.intake import catalyst_tables
 
     path = BAD / "catalyst_not_enriched.jsonl"
     config = load_config(micro_config({"catalyst": {"source": "file", "file": {"path": str(path)}}}))

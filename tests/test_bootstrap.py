@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 from jinja2 import Template
-from tiny_model import TINY_CONFIG, tiny_documents, tiny_model_dir
+from tiny_model import TINY_SETTINGS, tiny_documents, tiny_model_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from srlm.bootstrap import CHAT_TEMPLATE, BootstrapConfig, build_model, pretrain, train_tokenizer
+from srlm.bootstrap import CHAT_TEMPLATE, BootstrapSettings, build_model, pretrain, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,8 @@ def test_chat_template_renders(tokenizer):
 
 
 def test_save_and_reload_are_identical(tokenizer, tmp_path):
-    cfg = BootstrapConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
-                          context_length=128, seq_len=64)
-    model = build_model(tokenizer, cfg).eval()
+    settings = BootstrapSettings(**{**TINY_SETTINGS, "vocab_size": 400, "context_length": 128})
+    model = build_model(tokenizer, settings).eval()
     assert model.config.vocab_size == len(tokenizer)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -72,13 +71,13 @@ def test_save_and_reload_are_identical(tokenizer, tmp_path):
 
 
 def test_pretrain_writes_a_complete_model(tmp_path):
-    cfg = BootstrapConfig(**{**TINY_CONFIG, "max_steps": 6})
+    settings = BootstrapSettings(**{**TINY_SETTINGS, "max_steps": 6})
     lines = []
     out = tmp_path / "model"
-    report = pretrain(tiny_documents(), out, cfg, device="cpu", log=lines.append)
+    report = pretrain(tiny_documents(), out, settings, device="cpu", log=lines.append)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (out / name).is_file(), name
-    assert report.steps == 6 and report.tokens_seen == 6 * cfg.batch_size * cfg.seq_len
+    assert report.steps == 6 and report.tokens_seen == 6 * settings.batch_size * settings.seq_len
     assert math.isfinite(report.heldout_perplexity) and report.heldout_perplexity > 1
     assert all(math.isfinite(loss) for _, loss in report.loss_curve) and report.loss_curve[-1][0] == 6
     assert report.parameters > 0 and report.vocab_size == json.loads((out / "config.json").read_text())["vocab_size"]
@@ -89,10 +88,10 @@ def test_pretrain_writes_a_complete_model(tmp_path):
 
 
 def test_pretrain_is_deterministic_given_steps(tmp_path):
-    cfg = BootstrapConfig(**{**TINY_CONFIG, "max_steps": 4})
+    settings = BootstrapSettings(**{**TINY_SETTINGS, "max_steps": 4})
     docs = tiny_documents()
-    a = pretrain(docs, tmp_path / "a", cfg, device="cpu", log=lambda _: None)
-    b = pretrain(docs, tmp_path / "b", cfg, device="cpu", log=lambda _: None)
+    a = pretrain(docs, tmp_path / "a", settings, device="cpu", log=lambda _: None)
+    b = pretrain(docs, tmp_path / "b", settings, device="cpu", log=lambda _: None)
     assert a.loss_curve == b.loss_curve
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
@@ -102,9 +101,9 @@ def test_interrupted_save_leaves_no_model(tmp_path, monkeypatch):
         raise KeyboardInterrupt("killed while saving")
 
     monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", broken_save)
-    cfg = BootstrapConfig(**{**TINY_CONFIG, "max_steps": 2})
+    settings = BootstrapSettings(**{**TINY_SETTINGS, "max_steps": 2})
     with pytest.raises(KeyboardInterrupt):
-        pretrain(tiny_documents(), tmp_path / "model", cfg, device="cpu", log=lambda _: None)
+        pretrain(tiny_documents(), tmp_path / "model", settings, device="cpu", log=lambda _: None)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -284,15 +284,16 @@ def gsm8k_rows():
 
 def build_catalyst(micro_config, model, catalyst, d0_rows):
     """What the data/catalyst asset writes, with D0 holding `d0_rows` (pool rows the catalyst must skip)."""
-    from assets.data import catalyst_tables
-    from resources import GenerationResource
+    from conftest import generation_resource
+
     from srlm.config import load_config
+    from srlm.intake import catalyst_tables
 
     config = load_config(micro_config({"catalyst": catalyst}))
     columns = config.catalyst.pool.columns
     d0 = pl.DataFrame({"instruction": [r[columns.instruction].strip() for r in d0_rows],
                        "input": [r.get(columns.input, "").strip() for r in d0_rows]})
-    generation = GenerationResource(device="cpu", dtype="float32")
+    generation = generation_resource(device="cpu", dtype="float32")
     return config, generation, catalyst_tables(config, generation, d0, generation.engine(str(model)))
 
 

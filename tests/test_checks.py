@@ -1,17 +1,18 @@
-"""Asset checks: each check's core on passing and on failing tables, and the Dagster wiring of a few."""
+"""Asset checks: each rule (srlm/checks.py) on passing and on failing tables, without Dagster; then the
+Dagster wiring of a few (assets/checks.py)."""
 
 import dagster as dg
 import polars as pl
 import pytest
 
-from assets import checks, schemas
+from assets import checks
 from assets.data import INSTRUCTIONS, INSTRUCTIONS_REJECTED
 from assets.evaluation import QUESTIONS
-from assets.iteration import key
-from assets.tables import frame
 from resources import ParquetIOManager, WarehouseResource
+from srlm import checks as rules, schemas
 from srlm.config import load_config
 from srlm.decontamination import QuestionIndex, normalize
+from srlm.schemas import frame
 
 QUESTION = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -36,7 +37,7 @@ def selected(*rows: tuple[str, str]) -> pl.DataFrame:
 
 def scores(*rows: tuple[str, str, str, int]) -> pl.DataFrame:
     """rows: (candidate_id, example_id, role, n_tokens)"""
-    return table(schemas.SCORES, [{"candidate_id": c, "example_id": e, "role": r, "n_tokens": n} for c, e, r, n in rows])
+    return table(schemas.scores_columns(), [{"candidate_id": c, "example_id": e, "role": r, "n_tokens": n} for c, e, r, n in rows])
 
 
 def training(*rows: tuple[str, str]) -> pl.DataFrame:
@@ -58,64 +59,67 @@ def questions(*rows: tuple[str, str, bool]) -> pl.DataFrame:
 
 
 def test_schema_passes_a_table_of_the_contract():
-    assert checks.schema_problems(selected(("e1", "c1")), schemas.SELECTED, ["example_id", "candidate_id"]) == []
+    assert rules.schema_problems(selected(("e1", "c1")), schemas.SELECTED, ["example_id", "candidate_id"]) == []
 
 
 def test_schema_names_missing_columns_wrong_types_and_null_keys():
     df = selected(("e1", "c1"), ("e2", None)).drop("margin").with_columns(pl.col("score").cast(pl.String))
-    problems = checks.schema_problems(df, schemas.SELECTED, ["example_id", "candidate_id"])
+    problems = rules.schema_problems(df, schemas.SELECTED, ["example_id", "candidate_id"])
     assert problems == ["score is String, expected Float64", "missing column margin", "1 null candidate_id"]
 
 
 def test_every_table_contract_names_key_columns_of_its_schema(micro_config):
-    for asset, (schema, keys) in checks.table_contracts(load_config(micro_config())).items():
-        assert set(keys) <= set(schema), asset
+    cfg = load_config(micro_config())
+    contracts = rules.table_contracts(cfg.arms, cfg.experiment.iterations, evaluates=True)
+    assert {"srlm_iter_1/scores", "srlm_likelihood_iter_1/selected", "eval/base_model", "model/base"} <= {"/".join(k) for k in contracts}
+    for key, table in contracts.items():
+        assert table.keys and set(table.keys) <= set(table.columns), key
 
 
 # ------------------------------------------------------------------------------------------ nothing lost
 
 
 def test_rows_accounted():
-    assert checks.rows_accounted_problems(10, 7, 3) == []
-    assert checks.rows_accounted_problems(10, 7, 2) == ["read 10 != kept 7 + rejected 2"]
+    assert rules.rows_accounted_problems(10, 7, 3) == []
+    assert rules.rows_accounted_problems(10, 7, 2) == ["read 10 != kept 7 + rejected 2"]
 
 
 def test_rows_accounted_fails_without_a_read_count():
-    [problem] = checks.rows_accounted_problems(None, 7, 3)
+    [problem] = rules.rows_accounted_problems(None, 7, 3)
     assert "no 'read' metadata" in problem
 
 
 def test_selected_rows_reference_candidates_of_their_example():
     cands = candidates(("c1", "e1"), ("c2", "e1"), ("c3", "e2"))
-    assert checks.selected_problems(selected(("e1", "c2"), ("e2", "c3")), cands) == []
-    assert checks.selected_problems(selected(("e1", "c9")), cands) == ["1 selected rows point at no candidate"]
-    assert checks.selected_problems(selected(("e2", "c1")), cands) == ["1 selected rows point at another example's candidate"]
-    assert checks.selected_problems(selected(("e1", "c1"), ("e1", "c2")), cands) == ["1 examples selected twice"]
+    assert rules.selected_problems(selected(("e1", "c2"), ("e2", "c3")), cands) == []
+    assert rules.selected_problems(selected(("e1", "c9")), cands) == ["1 selected rows point at no candidate"]
+    assert rules.selected_problems(selected(("e2", "c1")), cands) == ["1 selected rows point at another example's candidate"]
+    assert rules.selected_problems(selected(("e1", "c1"), ("e1", "c2")), cands) == ["1 examples selected twice"]
 
 
 def test_every_candidate_has_its_scores_and_every_example_its_parent_score():
     cands = candidates(("c1", "e1"), ("c2", "e1"))
     full = scores(("c1", "e1", "candidate", 5), ("c2", "e1", "candidate", 6), ("e1", "e1", "parent", 3))
-    assert checks.scores_problems(full, cands) == []
-    assert checks.scores_problems(full.filter(pl.col("candidate_id") != "c2"), cands) == ["2 candidates but 1 candidate score rows"]
-    assert checks.scores_problems(full.filter(pl.col("role") == "candidate"), cands) == ["1 expanded examples have no parent score"]
+    assert rules.scores_problems(full, cands) == []
+    assert rules.scores_problems(full.filter(pl.col("candidate_id") != "c2"), cands) == ["2 candidates but 1 candidate score rows"]
+    assert rules.scores_problems(full.filter(pl.col("role") == "candidate"), cands) == ["1 expanded examples have no parent score"]
 
 
 def test_candidates_are_complete():
     cands = candidates(("c1", "e1"), ("c2", "e1"), ("c3", "e2"), ("c4", "e2"))
-    assert checks.candidates_problems(cands, 2) == []
-    assert checks.candidates_problems(cands, 3) == ["3 examples expanded but 2 have candidates"]
-    assert checks.candidates_problems(cands.head(3), 2) == ["examples have different numbers of candidates"]
-    [problem] = checks.candidates_problems(cands, None)
+    assert rules.candidates_problems(cands, 2) == []
+    assert rules.candidates_problems(cands, 3) == ["3 examples expanded but 2 have candidates"]
+    assert rules.candidates_problems(cands.head(3), 2) == ["examples have different numbers of candidates"]
+    [problem] = rules.candidates_problems(cands, None)
     assert "no 'examples' metadata" in problem
 
 
 def test_a_training_set_keeps_the_previous_examples():
     previous = training(("answer", "e1"), ("answer", "e2"), ("enrich", "k1"))
-    assert checks.same_examples_problems(previous, previous) == []
-    assert checks.same_examples_problems(previous.head(2), previous) == ["1 examples lost, 0 appeared"]
+    assert rules.same_examples_problems(previous, previous) == []
+    assert rules.same_examples_problems(previous.head(2), previous) == ["1 examples lost, 0 appeared"]
     grown = pl.concat([previous, training(("answer", "e3"))])
-    assert checks.same_examples_problems(grown, previous) == ["0 examples lost, 1 appeared"]
+    assert rules.same_examples_problems(grown, previous) == ["0 examples lost, 1 appeared"]
 
 
 # ------------------------------------------------------------------------------------------ eval completeness
@@ -127,38 +131,38 @@ FULL_EVAL = [("gsm8k", "g1", 1, True), ("gsm8k", "g1", 4, True), ("gsm8k", "g2",
 
 
 def test_expected_samples_are_every_n_for_generate_and_one_for_loglikelihood():
-    assert checks.expected_samples({"gsm8k": "generate", "arc_challenge": "loglikelihood"}, [1, 4, 4]) == EXPECTED
+    assert rules.expected_samples({"gsm8k": "generate", "arc_challenge": "loglikelihood"}, [1, 4, 4]) == EXPECTED
 
 
 def test_eval_complete_passes_when_every_sampled_question_has_every_n():
-    assert checks.eval_completeness_problems(evals(*FULL_EVAL), QUESTIONS_TABLE, EXPECTED) == []
+    assert rules.eval_completeness_problems(evals(*FULL_EVAL), QUESTIONS_TABLE, EXPECTED) == []
 
 
 def test_eval_complete_names_questions_without_rows():
     missing_question = [r for r in FULL_EVAL if r[1] != "g2"]
-    assert checks.eval_completeness_problems(evals(*missing_question), QUESTIONS_TABLE, EXPECTED) == [
+    assert rules.eval_completeness_problems(evals(*missing_question), QUESTIONS_TABLE, EXPECTED) == [
         "gsm8k: 1 of 2 sampled questions lack rows (N = [1, 4])"
     ]
     missing_benchmark = [r for r in FULL_EVAL if r[0] != "arc_challenge"]
-    assert checks.eval_completeness_problems(evals(*missing_benchmark), QUESTIONS_TABLE, EXPECTED) == [
+    assert rules.eval_completeness_problems(evals(*missing_benchmark), QUESTIONS_TABLE, EXPECTED) == [
         "arc_challenge: 1 of 1 sampled questions lack rows (N = [1])"
     ]
 
 
 def test_eval_complete_names_a_missing_n():
     missing_n = [r for r in FULL_EVAL if r[2] != 4]
-    assert checks.eval_completeness_problems(evals(*missing_n), QUESTIONS_TABLE, EXPECTED) == [
+    assert rules.eval_completeness_problems(evals(*missing_n), QUESTIONS_TABLE, EXPECTED) == [
         "gsm8k: 2 of 2 sampled questions lack rows (N = [4])"
     ]
 
 
 def test_eval_complete_flags_unasked_and_duplicate_rows():
     unasked = FULL_EVAL + [("gsm8k", "g3", 1, True), ("arc_challenge", "a1", 4, True)]
-    assert checks.eval_completeness_problems(evals(*unasked), QUESTIONS_TABLE, EXPECTED) == [
+    assert rules.eval_completeness_problems(evals(*unasked), QUESTIONS_TABLE, EXPECTED) == [
         "2 rows answer a question or N that was not asked for"
     ]
     doubled = FULL_EVAL + FULL_EVAL[:1]
-    assert checks.eval_completeness_problems(evals(*doubled), QUESTIONS_TABLE, EXPECTED) == ["1 duplicate (question, N) rows"]
+    assert rules.eval_completeness_problems(evals(*doubled), QUESTIONS_TABLE, EXPECTED) == ["1 duplicate (question, N) rows"]
 
 
 # ------------------------------------------------------------------------------------------ trends
@@ -167,17 +171,17 @@ def test_eval_complete_flags_unasked_and_duplicate_rows():
 def test_rationale_growth_passes_when_the_selected_are_longer():
     sel = selected(("e1", "c1"))
     grown = scores(("c1", "e1", "candidate", 12), ("c2", "e1", "candidate", 30), ("e1", "e1", "parent", 8))
-    assert checks.rationale_growth(sel, grown) == ([], 12.0, 8.0)
+    assert rules.rationale_growth(sel, grown) == ([], 12.0, 8.0)
 
 
 def test_rationale_growth_warns_when_the_selected_are_not_longer():
     sel = selected(("e1", "c1"))
     shrunk = scores(("c1", "e1", "candidate", 8), ("c2", "e1", "candidate", 30), ("e1", "e1", "parent", 8))
-    assert checks.rationale_growth(sel, shrunk) == (["selected rationales average 8.0 tokens, their parents 8.0"], 8.0, 8.0)
+    assert rules.rationale_growth(sel, shrunk) == (["selected rationales average 8.0 tokens, their parents 8.0"], 8.0, 8.0)
 
 
 def test_rationale_growth_of_an_empty_selection_passes():
-    assert checks.rationale_growth(selected(), scores(("e1", "e1", "parent", 8)))[0] == []
+    assert rules.rationale_growth(selected(), scores(("e1", "e1", "parent", 8)))[0] == []
 
 
 def test_accuracy_drops_compare_the_smallest_n_per_benchmark():
@@ -186,9 +190,9 @@ def test_accuracy_drops_compare_the_smallest_n_per_benchmark():
     # gsm8k at N=4 improves; only N=1 counts, where it falls from 1.0 to 0.5
     after = evals(("gsm8k", "g1", 1, True), ("gsm8k", "g2", 1, False), ("gsm8k", "g1", 4, True), ("gsm8k", "g2", 4, True),
                   ("arc_challenge", "a1", 1, True), ("arc_challenge", "a2", 1, False))
-    assert checks.accuracy_drops(after, before) == ["gsm8k: 1.000 -> 0.500"]
-    assert checks.accuracy_drops(before, before) == []
-    assert checks.accuracy_drops(after, before, tolerance=0.6) == []
+    assert rules.accuracy_drops(after, before) == ["gsm8k: 1.000 -> 0.500"]
+    assert rules.accuracy_drops(before, before) == []
+    assert rules.accuracy_drops(after, before, tolerance=0.6) == []
 
 
 # ------------------------------------------------------------------------------------------ decontamination
@@ -200,34 +204,39 @@ def index() -> QuestionIndex:
 
 
 def test_clean_texts_pass(index):
-    result = checks.decontamination_result([("e1", "Describe a quiet garden in one sentence.")], index)
-    assert result.passed
-    assert result.metadata["texts"].value == 1
+    report = rules.contamination_report([("e1", "Describe a quiet garden in one sentence.")], index)
+    assert report.passed and not report.blocking and report.description is None
+    assert report.metadata["texts"] == 1
 
 
 def test_a_shared_ngram_warns(index):
     words = QUESTION.split()
-    result = checks.decontamination_result([("e1", "Preamble: " + " ".join(words[2:16]) + " and more.")], index)
-    assert not result.passed
-    assert result.severity == dg.AssetCheckSeverity.WARN
-    assert result.metadata["ngram_overlaps"].value == 1 and result.metadata["exact_duplicates"].value == 0
-    assert "1 texts share a 13-gram" in result.description
+    report = rules.contamination_report([("e1", "Preamble: " + " ".join(words[2:16]) + " and more.")], index)
+    assert not report.passed and not report.blocking
+    assert report.metadata["ngram_overlaps"] == 1 and report.metadata["exact_duplicates"] == 0
+    assert "1 texts share a 13-gram" in report.description
 
 
 def test_an_exact_copy_blocks(index):
-    result = checks.decontamination_result([("e1", QUESTION.upper()), ("e2", "unrelated")], index)
-    assert not result.passed
-    assert result.severity == dg.AssetCheckSeverity.ERROR
-    assert result.description.startswith("1 exact duplicates of evaluation questions")
-    assert result.metadata["examples"].value == [f"e1 ~ gsm8k/0 (exact: '{normalize(QUESTION)[:80]}')"]
+    report = rules.contamination_report([("e1", QUESTION.upper()), ("e2", "unrelated")], index)
+    assert not report.passed and report.blocking
+    assert report.description.startswith("1 exact duplicates of evaluation questions")
+    assert report.metadata["examples"] == [f"e1 ~ gsm8k/0 (exact: '{normalize(QUESTION)[:80]}')"]
+
+
+@pytest.mark.parametrize("text, severity", [(QUESTION, dg.AssetCheckSeverity.ERROR), ("Preamble: " + QUESTION + " more", dg.AssetCheckSeverity.WARN)])
+def test_a_contamination_report_becomes_a_check_result_of_its_severity(index, text, severity):
+    result = checks.decontamination_result([("e1", text)], index)
+    assert not result.passed and result.severity == severity
+    assert result.metadata["texts"].value == 1
 
 
 def test_training_texts_checked_for_contamination():
     d0 = table(schemas.INSTRUCTIONS, [{"example_id": "e1", "instruction": "Add", "input": "2 and 3", "output": "5"}])
-    assert checks.instruction_texts(d0) == [("e1", "Add 2 and 3"), ("e1/output", "5")]
+    assert rules.instruction_texts(d0) == [("e1", "Add 2 and 3"), ("e1/output", "5")]
     catalyst = table(schemas.CATALYST, [{"catalyst_id": "k1", "instruction": "Add", "input": "", "rationale": "2 + 3 = 5"}])
-    assert checks.catalyst_texts(catalyst) == [("k1", "Add "), ("k1/rationale", "2 + 3 = 5")]
-    assert checks.selected_texts(selected(("e1", "c2")), candidates(("c1", "e1"), ("c2", "e1"))) == [("c2", "text of c2")]
+    assert rules.catalyst_texts(catalyst) == [("k1", "Add "), ("k1/rationale", "2 + 3 = 5")]
+    assert rules.selected_texts(selected(("e1", "c2")), candidates(("c1", "e1"), ("c2", "e1"))) == [("c2", "text of c2")]
 
 
 # ------------------------------------------------------------------------------------------ wiring
@@ -308,7 +317,7 @@ def eval_stubs(ns: list[int]) -> list:
     def stub_questions():
         return questions(("gsm8k", "g1", True), ("mmlu", "m1", True))
 
-    @dg.asset(key=key("srlm_iter_0", "eval"), deps=[QUESTIONS])
+    @dg.asset(key=dg.AssetKey(["srlm_iter_0", "eval"]), deps=[QUESTIONS])
     def stub_eval(config: StubEvalConfig):
         return evals(*[("gsm8k", "g1", n, True) for n in ns], ("mmlu", "m1", 1, False))
 
@@ -317,7 +326,7 @@ def eval_stubs(ns: list[int]) -> list:
 
 def test_eval_complete_expects_the_n_values_launched_with(tmp_path, micro_config):
     cfg = load_config(micro_config({"eval": {"samples": [1, 2, 4], "benchmarks": {"gsm8k": {"limit": 1}, "mmlu": {"limit": 1}}}}))
-    check = dg.AssetCheckKey(key("srlm_iter_0", "eval"), "complete")
+    check = dg.AssetCheckKey(dg.AssetKey(["srlm_iter_0", "eval"]), "complete")
     assert materialize_with_check(tmp_path, cfg, eval_stubs([1, 2, 4]), check).passed
     # launched with other N: the run's N values are the ones expected, not the config's
     launched = {"ops": {"srlm_iter_0__eval": {"config": {"samples": [1, 8]}}}}

@@ -74,7 +74,7 @@ def test_impossible_value(tmp_path):
 
 def test_bad_choice(tmp_path):
     msg = error(tmp_path, {"select": {"selector": "longest"}})
-    assert "select.selector" in msg and "'length', 'likelihood' or 'consistency'" in msg
+    assert "select.selector: unknown selector 'longest'; choose one of length, likelihood, consistency" in msg
 
 
 def test_cross_field_rule(tmp_path):
@@ -85,8 +85,8 @@ def test_cross_field_rule(tmp_path):
 @pytest.mark.parametrize(
     ("samples", "message"),
     [
-        ([0, -3], "exp.yaml: eval.samples: Value error, samples must be positive integers, got [0, -3]"),
-        ([1, 4, 4], "exp.yaml: eval.samples: Value error, samples must be distinct, got [4] repeated"),
+        ([0, -3], "exp.yaml: eval.samples: samples must be positive integers, got [0, -3]"),
+        ([1, 4, 4], "exp.yaml: eval.samples: samples must be distinct, got [4] repeated"),
     ],
 )
 def test_eval_samples_must_be_distinct_positive_counts(tmp_path, samples, message):
@@ -97,7 +97,8 @@ def test_launchpad_samples_knob_is_checked_when_the_evaluation_starts():
     """The Launchpad does not enforce pydantic bounds, so the evaluation step checks its knob first."""
     import dagster as dg
 
-    from assets.evaluation import eval_config_class, eval_settings
+    from assets.evaluation import eval_settings
+    from assets.launchpad import eval_config_class
 
     cfg = load_config(MICRO)
     knobs = eval_config_class(cfg)
@@ -108,6 +109,24 @@ def test_launchpad_samples_knob_is_checked_when_the_evaluation_starts():
         eval_settings(cfg, knobs(samples=[0, -3], temperature=0.5), asset_key)
     with pytest.raises(ValueError, match=r"run config 'samples' of iter_1/eval must be distinct, got \[2\] repeated"):
         eval_settings(cfg, knobs(samples=[2, 1, 2], temperature=0.5), asset_key)
+
+
+def test_launchpad_knobs_take_the_schema_bounds_and_the_experiment_values(tmp_path):
+    from pydantic import ValidationError
+
+    from assets.launchpad import expand_config_class, questions_config_class, select_config_class
+    from srlm.config import Benchmark, Expand
+
+    cfg = load_config(write(tmp_path, {"expand": {"top_p": 0.9}, "select": {"margin": 0.5}}))
+    knobs = expand_config_class(cfg)
+    assert (knobs().top_p, knobs().candidates, select_config_class(cfg)().margin) == (0.9, cfg.expand.candidates, 0.5)
+    assert knobs.model_fields["top_p"].description == Expand.model_fields["top_p"].description
+    for bad in ({"top_p": 0}, {"top_p": 1.5}, {"candidates": 0}):
+        with pytest.raises(ValidationError):
+            knobs(**bad)
+    limits = questions_config_class(cfg)
+    assert limits().gsm8k_limit == cfg.eval.benchmarks["gsm8k"].limit
+    assert limits.model_fields["gsm8k_limit"].description == f"gsm8k: {Benchmark.model_fields['limit'].description}"
 
 
 def test_missing_file_names_key_and_path(tmp_path):

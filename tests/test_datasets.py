@@ -181,18 +181,18 @@ def test_split_answer_strips_calculator_marks():
 
 def test_an_example_too_long_for_the_model_lands_in_the_rejected_table(micro_config, tmp_path):
     """Through what data/instructions writes, with the tiny model's real tokenizer and context."""
+    from conftest import generation_resource
     from tiny_model import tiny_model_dir
 
-    from assets.data import instructions_tables
-    from resources import GenerationResource
     from srlm.config import load_config
+    from srlm.intake import instructions_tables
 
     path = tmp_path / "d0.jsonl"
     rows = [{"instruction": "Name a fruit.", "output": "An apple."},
             {"instruction": "Summarize: " + " ".join(["the quiet river runs"] * 100), "output": "A river."}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = load_config(micro_config({"instructions": {"sources": [{"name": "mine", "path": str(path)}]}}))
-    engine = GenerationResource(device="cpu", dtype="float32").engine(str(tiny_model_dir()))
+    engine = generation_resource(device="cpu", dtype="float32").engine(str(tiny_model_dir()))
 
     kept, rejected, counts = instructions_tables(config, engine)
 

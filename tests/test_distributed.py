@@ -13,20 +13,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import write_micro_config
+from conftest import DEFAULTS, engine_settings, write_micro_config
 from test_storage import bucket, endpoint, s3  # noqa: F401  (a local S3 server, moto)
 from tiny_model import tiny_adapter_dir, tiny_chats, tiny_model_dir
 
 from srlm import distributed, ray_vllm
 from srlm.config import ConfigError, load_config
 from srlm.distributed import RayEngine, RaySettings, actor_cpus, generation_rows, job_metadata, scoring_rows
-from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig, encode_pair, sequence_seed
+from srlm.engines.tokenization import encode_pair, sequence_seed
+from srlm.engines.transformers_engine import TransformersEngine
 from srlm.engines.types import SamplingParams
-from srlm.engines.vllm_engine import VLLMEngineConfig
+from srlm.engines.vllm_engine import VLLMEngineSettings
 from srlm.storage import Storage
 
-CONFIG = TransformersEngineConfig(device="cpu", batch_size=4)
+SETTINGS = engine_settings(batch_size=4)
+VLLM_SETTINGS = VLLMEngineSettings(dtype="auto", gpu_memory_utilization=0.85, tensor_parallel_size=1, lora_rank=8,
+                                   trust_remote_code=False)
 SAMPLED = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=5)
+
+
+def ray_settings(**changes) -> RaySettings:
+    """configs/default.yaml's executor section with `changes`."""
+    keys = ("address", "num_cpus", "actors", "cpus_per_actor")
+    return RaySettings(**{**{k: DEFAULTS["executor"][k] for k in keys}, **changes})
 
 
 def chats(n, seed=3):
@@ -35,7 +44,7 @@ def chats(n, seed=3):
 
 @pytest.fixture(scope="module")
 def engine():
-    return TransformersEngine(tiny_model_dir(), CONFIG)
+    return TransformersEngine(tiny_model_dir(), SETTINGS)
 
 
 # ------------------------------------------------------------------------------------- the seeded-row contract
@@ -60,7 +69,7 @@ def test_greedy_rows_ignore_the_sample_index(engine):
 
 
 def test_a_row_too_long_for_the_context_is_refused(engine):
-    with pytest.raises(ValueError, match="row 0 has a prompt of"):
+    with pytest.raises(ValueError, match=r"row 0 has \d+ tokens: no room to generate"):
         engine.generate_rows([("word " * 400, 0)], SAMPLED)
 
 
@@ -103,11 +112,11 @@ def test_parts_are_committed_found_and_read_back_by_kind(tmp_path):
 
 def test_actor_cpus_share_a_local_ray_and_refuse_a_pool_that_does_not_fit():
     fake_ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 4.0})
-    assert actor_cpus(fake_ray, RaySettings(actors=2)) == 2
-    assert actor_cpus(fake_ray, RaySettings(actors=1, cpus_per_actor=3)) == 3
+    assert actor_cpus(fake_ray, ray_settings(actors=2)) == 2
+    assert actor_cpus(fake_ray, ray_settings(actors=1, cpus_per_actor=3)) == 3
     with pytest.raises(ValueError, match="3 actors x 2 CPUs do not fit the 4 CPUs"):
-        actor_cpus(fake_ray, RaySettings(actors=3, cpus_per_actor=2))
-    assert actor_cpus(fake_ray, RaySettings(address="auto", actors=8)) == 1  # a cluster's CPUs are its own business
+        actor_cpus(fake_ray, ray_settings(actors=3, cpus_per_actor=2))
+    assert actor_cpus(fake_ray, ray_settings(address="auto", actors=8)) == 1  # a cluster's CPUs are its own business
 
 
 def test_a_local_engine_records_no_ray_job(engine):
@@ -178,8 +187,8 @@ def test_the_real_vllm_processor_accepts_the_config_and_the_rows(engine):
     our preprocessed rows (no chat template or tokenizer stage runs before it)."""
     from ray.data.llm import build_processor
 
-    config = ray_vllm.processor_config("/models/m", VLLMEngineConfig(max_lora_rank=8), 16, 2, "s3://b/checkpoints")
-    processor = build_processor(config, preprocess=lambda r: r, postprocess=lambda r: r)
+    processor_config = ray_vllm.processor_config("/models/m", VLLM_SETTINGS, 16, 2, "s3://b/checkpoints")
+    processor = build_processor(processor_config, preprocess=lambda r: r, postprocess=lambda r: r)
     assert processor.list_stage_names() == ["vLLMEngineStage"]
     stage = processor.get_stage_by_name("vLLMEngineStage")
     kwargs = stage.fn_constructor_kwargs
@@ -210,7 +219,7 @@ def local_ray():
 @pytest.mark.slow
 def test_ray_writes_the_local_engines_texts_and_scores_and_a_rerun_skips_them(local_ray, engine, tmp_path):
     store, output = Storage(tmp_path), str(tmp_path / "rows")
-    ray_engine = RayEngine(str(tiny_model_dir()), "transformers", CONFIG, RaySettings(actors=2), store, output, batch_size=4)
+    ray_engine = RayEngine(str(tiny_model_dir()), "transformers", SETTINGS, ray_settings(actors=2), store, output, batch_size=4)
     prompts = chats(6)
     adapter = str(tiny_adapter_dir())
     assert ray_engine.generate(prompts, SAMPLED, adapter=adapter) == engine.generate(prompts, SAMPLED, adapter=adapter)
@@ -224,7 +233,7 @@ def test_ray_writes_the_local_engines_texts_and_scores_and_a_rerun_skips_them(lo
     assert meta["ray/datasets"].count("srlm-generate") == 1 and meta["ray/output"] == output
 
     # a rerun finds every row written; a lost part is computed again, and only its rows
-    again = RayEngine(str(tiny_model_dir()), "transformers", CONFIG, RaySettings(actors=2), store, output, batch_size=4)
+    again = RayEngine(str(tiny_model_dir()), "transformers", SETTINGS, ray_settings(actors=2), store, output, batch_size=4)
     assert again.generate(prompts, SAMPLED, adapter=adapter) == engine.generate(prompts, SAMPLED, adapter=adapter)
     assert (again.jobs[0].computed, again.jobs[0].dataset) == (0, None)
     lost = sorted((tmp_path / "rows").glob("logprobs-*.parquet"))[0]
@@ -270,7 +279,7 @@ def test_the_vllm_path_runs_its_rows_through_the_processor_interface(local_ray, 
     monkeypatch.setattr(ray.data.llm, "build_processor", fake_build_processor)
     store = Storage(tmp_path)
     model = str(tiny_model_dir())
-    vllm = RayEngine(model, "vllm", VLLMEngineConfig(), RaySettings(actors=1), store, str(tmp_path / "rows"), batch_size=4)
+    vllm = RayEngine(model, "vllm", VLLM_SETTINGS, ray_settings(actors=1), store, str(tmp_path / "rows"), batch_size=4)
     prompts = chats(2)
     outs = vllm.generate(prompts, SAMPLED, adapter="/ckpt/M1")
     for prompt, out in zip(prompts, outs):

@@ -1,10 +1,10 @@
 import math
 
 import pytest
-from conftest import FIXTURE_KIT
+from conftest import FIXTURE_KIT, FakeEngine, engine_settings
 
 from srlm.benchmarks import Question, generation_messages, loglikelihood_requests, read_benchmark
-from srlm.engines.types import Completion, GenerationOutput, LogProb
+from srlm.engines.types import LogProb
 from srlm.evaluation import (
     EvalSettings,
     acc_norm_choice,
@@ -22,27 +22,6 @@ MMLU = Question("mmlu", "mmlu/algebra/0", "algebra", "2 + 2 = ?", ("3", "4", "5"
 GSM = Question("gsm8k", "gsm8k/0", "", "Ada has 40 apples and gets 2 more. How many?", (), (), "42", None)
 GSM2 = Question("gsm8k", "gsm8k/1", "", "What is 3 + 4?", (), (), "7", None)
 BBH = Question("bbh", "bbh/boolean_expressions/0", "boolean_expressions", "not ( True ) and ( True ) is", (), (), "False", None)
-
-
-class FakeEngine:
-    """logprobs: a fixed LogProb per (context, continuation); generate: given completions per prompt text."""
-
-    def __init__(self, logprobs=None, completions=None):
-        self.table = logprobs or {}
-        self.completions = completions or {}
-        self.logprob_calls, self.generate_calls = [], []
-
-    def logprobs(self, requests, adapter=None):
-        self.logprob_calls.append((list(requests), adapter))
-        return [self.table[r] for r in requests]
-
-    def generate(self, prompts, params, adapter=None):
-        self.generate_calls.append((list(prompts), params, adapter))
-        outs = []
-        for i, p in enumerate(prompts):
-            texts = self.completions[p[0]["content"]][: params.n]
-            outs.append(GenerationOutput(i, [Completion(t, len(t.split()), "stop") for t in texts]))
-        return outs
 
 
 def choice_table(q, totals_and_counts):
@@ -189,9 +168,9 @@ def test_accuracy_at_the_smallest_n_of_each_benchmark():
 def test_evaluate_end_to_end_with_the_tiny_model():
     from tiny_model import tiny_model_dir
 
-    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from srlm.engines.transformers_engine import TransformersEngine
 
-    engine = TransformersEngine(tiny_model_dir(), TransformersEngineConfig(device="cpu", batch_size=8))
+    engine = TransformersEngine(tiny_model_dir(), engine_settings(batch_size=8))
     questions = {
         "gsm8k": read_benchmark("gsm8k", FIXTURE_KIT)[:3],
         "arc_challenge": read_benchmark("arc_challenge", FIXTURE_KIT)[:2],

@@ -4,10 +4,11 @@ from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import engine_settings
 from tiny_model import tiny_model_dir
 
 from srlm import prompts
-from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+from srlm.engines.transformers_engine import TransformersEngine
 from srlm.engines.types import SamplingParams
 from srlm.expansion import CANDIDATE_SCHEMA, ExpansionSettings, ExpansionTask, expand, recipe_key, shard_seed, shard_tasks
 
@@ -34,7 +35,7 @@ def model_dir(tmp_path_factory):
 
 
 def fresh_engine(model_dir):
-    return TransformersEngine(model_dir, TransformersEngineConfig(device="cpu", batch_size=4))
+    return TransformersEngine(model_dir, engine_settings(batch_size=4))
 
 
 class Counting:

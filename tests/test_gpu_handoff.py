@@ -10,12 +10,13 @@ from types import SimpleNamespace
 
 import dagster as dg
 import pytest
+from conftest import generation_resource
 from tiny_model import tiny_model_dir
 
 from resources import GenerationResource, ParquetIOManager, TrainingResource, WarehouseResource, build_resources
-from srlm.config import load_config
+from srlm.config import ConfigError, load_config, vllm_lora_rank
 from srlm.engines.types import SamplingParams
-from srlm.engines.vllm_engine import VLLMEngineConfig, vllm_lora_rank
+from srlm.engines.vllm_engine import VLLMEngineSettings
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=4)
 
@@ -28,25 +29,25 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=4)
 )
 def test_the_lora_rank_is_rounded_up_to_one_vllm_accepts(r, rank):
     assert vllm_lora_rank(r) == rank
-    assert VLLMEngineConfig(max_lora_rank=r).max_lora_rank == rank
+    assert VLLMEngineSettings("auto", 0.5, 1, r, False).engine_kwargs()["max_lora_rank"] == rank
 
 
 def test_a_lora_rank_above_512_is_a_config_error_with_vllm_only(micro_config):
     def generation(backend: str, r: int) -> GenerationResource:
-        config = load_config(micro_config({"generation": {"backend": backend}, "train": {"lora": {"r": r}}}))
-        return build_resources(config)["generation"]
+        cfg = load_config(micro_config({"generation": {"backend": backend}, "train": {"lora": {"r": r}}}))
+        return build_resources(cfg)["generation"]
 
-    assert generation("vllm", 12).max_lora_rank == 16
-    with pytest.raises(ValueError, match=r"LoRA rank 600 \(train.lora.r\) is above 512"):
+    assert generation("vllm", 12)._engine_settings().engine_kwargs()["max_lora_rank"] == 16
+    with pytest.raises(ConfigError, match=r"LoRA rank 600 \(train.lora.r\) is above 512"):
         generation("vllm", 600)
-    assert generation("transformers", 600).max_lora_rank == 600  # transformers serves any rank
+    assert generation("transformers", 600).lora_rank == 600  # transformers serves any rank
 
 
 def test_ray_data_llm_gets_the_rounded_rank():
     from srlm import ray_vllm
 
-    config = ray_vllm.processor_config("/models/m", VLLMEngineConfig(max_lora_rank=12), 4, 1, None)
-    assert config.engine_kwargs["max_lora_rank"] == 16
+    processor = ray_vllm.processor_config("/models/m", VLLMEngineSettings("auto", 0.5, 1, 12, False), 4, 1, None)
+    assert processor.engine_kwargs["max_lora_rank"] == 16
 
 
 # ------------------------------------------------------------------------------------------ a fake vLLM
@@ -97,7 +98,7 @@ def events(monkeypatch):
 
 
 def test_counting_tokens_builds_no_engine_and_training_runs_while_it_sleeps(events):
-    generation, path = GenerationResource(backend="vllm", max_lora_rank=12), str(tiny_model_dir())
+    generation, path = generation_resource(backend="vllm", lora_rank=12), str(tiny_model_dir())
     tokenizer = generation.tokenizer(path)
     assert tokenizer.count_tokens(["two words"])[0] > 0
     assert "hi" in tokenizer.render_chat([{"role": "user", "content": "hi"}])
@@ -116,7 +117,7 @@ def test_counting_tokens_builds_no_engine_and_training_runs_while_it_sleeps(even
 
 
 def test_the_engine_wakes_when_training_fails(events):
-    generation = GenerationResource(backend="vllm")
+    generation = generation_resource(backend="vllm")
     generation.engine(str(tiny_model_dir()))
     with pytest.raises(RuntimeError, match="out of memory"), generation.released():
         raise RuntimeError("out of memory")
@@ -125,7 +126,7 @@ def test_the_engine_wakes_when_training_fails(events):
 
 def test_without_sleep_mode_the_engine_is_dropped_and_rebuilt(monkeypatch):
     events = install_fake_vllm(monkeypatch, sleep_mode=False)
-    generation, path = GenerationResource(backend="vllm"), str(tiny_model_dir())
+    generation, path = generation_resource(backend="vllm"), str(tiny_model_dir())
     engine = generation.engine(path)
     assert engine.llm.kwargs["enable_sleep_mode"] is False  # vLLM refuses sleep mode where the platform lacks it
     with generation.released():
@@ -141,9 +142,10 @@ def test_the_checkpoint_asset_trains_while_the_engine_sleeps(events, micro_confi
     """The real D0 and sft assets on a stub base model: the data steps count tokens without an engine; then,
     with an engine built (as candidates or evaluation build one), the sft checkpoint trains (a recording
     trainer) while it sleeps."""
-    from assets import build_assets, schemas
+    from assets import build_assets
     from assets.data import BASE_MODEL
     from assets.tables import frame
+    from srlm import schemas
     from srlm.training import TrainReport
 
     cfg = load_config(micro_config({"generation": {"backend": "vllm"}}))
@@ -164,8 +166,8 @@ def test_the_checkpoint_asset_trains_while_the_engine_sleeps(events, micro_confi
     checkpoint = dg.AssetKey(["sft", "checkpoint"])
     wanted = {dg.AssetKey(["data", "instructions"]), dg.AssetKey(["sft", "training_examples"]), checkpoint}
     graph = [base, *(a for a in build_assets(cfg) if set(a.keys) & wanted)]
-    generation, home = GenerationResource(backend="vllm"), str(tmp_path / "home")
-    resources = {"generation": generation, "training": RecordingTraining(), "io_manager": ParquetIOManager(home=home),
+    generation, home = generation_resource(backend="vllm"), str(tmp_path / "home")
+    resources = {"generation": generation, "training": RecordingTraining(device="cpu", dtype="auto"), "io_manager": ParquetIOManager(home=home),
                  "warehouse": WarehouseResource(home=home)}
 
     def materialize(selection):

@@ -14,9 +14,9 @@ def server():
 
 
 def engine_for(server, **kw):
-    cfg = dict(base_url=server.base_url, model="fake-model", api_key_env="SRLM_TEST_KEY", retry_backoff_s=0.01, timeout_s=5)
-    cfg.update(kw)
-    return OpenAIChatEngine(OpenAIEngineConfig(**cfg))
+    fields = dict(base_url=server.base_url, model="fake-model", api_key_env="SRLM_TEST_KEY", retry_backoff_s=0.01, timeout_s=5)
+    fields.update(kw)
+    return OpenAIChatEngine(OpenAIEngineConfig(**fields))
 
 
 def test_success_in_order_with_chat_and_raw_prompts(server, monkeypatch):
@@ -87,7 +87,7 @@ def test_malformed_body(server):
 
 
 def test_connection_refused_is_retried_then_reported():
-    engine = OpenAIChatEngine(OpenAIEngineConfig(base_url="http://127.0.0.1:9/v1", model="m", max_retries=1,
+    engine = OpenAIChatEngine(OpenAIEngineConfig(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=None, max_retries=1,
                                                  retry_backoff_s=0.01, timeout_s=2))
     with pytest.raises(OpenAIEngineError, match="after 2 tries"):
         engine.generate(["x"], SamplingParams())

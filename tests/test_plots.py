@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from srlm import plots
+from srlm.registry import selector_names
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -98,7 +99,7 @@ def test_score_summary_over_finite_candidate_scores():
     assert summary["likelihood/degenerate"] == 1  # null
     assert summary["consistency/median"] == pytest.approx(0.5)
     assert summary["consistency/degenerate"] == 0  # the NaN is the parent's
-    assert set(summary) == {f"{s}/{stat}" for s in plots.SELECTORS for stat in ("mean", "p10", "median", "p90", "degenerate")}
+    assert set(summary) == {f"{s}/{stat}" for s in selector_names() for stat in ("mean", "p10", "median", "p90", "degenerate")}
 
 
 def test_score_summary_without_finite_scores_has_no_statistics():
@@ -107,12 +108,6 @@ def test_score_summary_without_finite_scores_has_no_statistics():
     assert [summary[f"length/{s}"] for s in ("mean", "p10", "median", "p90")] == [None] * 4
     empty = plots.score_summary(SCORES.clear())
     assert empty["likelihood/mean"] is None and empty["likelihood/degenerate"] == 0
-
-
-def test_plots_use_the_configured_selectors():
-    from srlm.arms import SELECTORS
-
-    assert plots.SELECTORS is SELECTORS
 
 
 def test_each_arm_is_drawn_along_its_chain():

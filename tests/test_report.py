@@ -7,8 +7,7 @@ import pytest
 from conftest import put_table as put
 from PIL import Image
 
-from assets import schemas
-from srlm import plots, report
+from srlm import plots, report, schemas
 from srlm.cli import main
 from srlm.warehouse import refresh_catalog
 
@@ -41,7 +40,7 @@ def put_iteration(home, t: int) -> None:
     scored = [{"candidate_id": c["candidate_id"], "arm": gen_arm, "example_id": "e1", "iteration": t, "role": "candidate",
                "length": 10.0 * i, "likelihood": 0.1 * i, "consistency": 0.5, "n_tokens": 10 * i} for i, c in enumerate(cands)]
     parent = {"candidate_id": f"r{t - 1}e1", "arm": gen_arm, "example_id": "e1", "iteration": t, "role": "parent", "likelihood": 0.05, "n_tokens": 5}
-    put(home, (gen, "scores"), schemas.SCORES, scored + [parent])
+    put(home, (gen, "scores"), schemas.scores_columns(), scored + [parent])
     choice = {"example_id": "e1", "iteration": t, "candidate_id": f"c{t}2", "score": 20.0, "parent_score": 5.0}
     put(home, (gen, "selector_choices"), schemas.SELECTED, [{**choice, "arm": gen_arm, "selector": s} for s in ("length", "likelihood", "consistency")])
     put(home, (schema_of(t), "selected"), schemas.SELECTED, [{**choice, "arm": ARM, "selector": "likelihood"}])
@@ -88,7 +87,7 @@ def test_the_page_shows_every_table_and_plot(home, tmp_path):
     assert page == tmp_path / "out" / "index.html"
     text = page.read_text()
     assert "<title>Micro &lt;run&gt;</title>" in text
-    for stem, heading, *_ in report.PLOTS:
+    for stem, heading, *_ in report.report_plots():
         assert f'<img src="{stem}.png" alt="{heading}">' in text
         width, height = png_size(page.parent / f"{stem}.png")
         assert width > 100 and height > 100
@@ -125,7 +124,7 @@ def test_the_page_goes_to_the_home_by_default(home):
 
 
 def test_rationale_lengths_cover_every_iteration(home):
-    [(_, _, _, query, plot)] = [p for p in report.PLOTS if p[0] == "rationale_lengths"]
+    [(_, _, _, query, plot)] = [p for p in report.report_plots() if p[0] == "rationale_lengths"]
     assert plot is plots.rationale_lengths
     words = plots.rationale_words(report.frame(home, query))
     per_iteration = dict(words.group_by("iteration").agg(pl.col("n_words").max()).iter_rows())

@@ -7,6 +7,7 @@ from transformers import BertConfig
 
 from srlm.engines.runtime import (
     ModelLoadError,
+    adapter_dir,
     atomic_output_dir,
     load_causal_lm,
     load_tokenizer,
@@ -20,6 +21,13 @@ def test_missing_directory(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist") as err:
         load_causal_lm(tmp_path / "nope")
     assert str(tmp_path / "nope") in str(err.value)
+
+
+def test_an_adapter_folder_needs_its_peft_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="is not a peft adapter directory"):
+        adapter_dir(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert adapter_dir(tmp_path / "." / "") == tmp_path.resolve()
 
 
 def test_empty_directory(tmp_path):

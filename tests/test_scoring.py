@@ -2,37 +2,26 @@ import math
 import re
 
 import pytest
+from conftest import FakeEngine, engine_settings
 
 from srlm import prompts, selectors
 from srlm.engines.types import LogProb
-from srlm.scoring import SCORE_SCHEMA, Reference, Scorable, likelihood_context, score
+from srlm.scoring import Reference, Scorable, likelihood_context, score, score_schema
 
 NGRAM, MAX_REPEATED = 3, 0.3
 
 
-class FakeScorer:
-    """Deterministic scoring engine: words are tokens; the continuation's mean log-prob is a per-example
-    base (from the instruction) plus a known gain per rationale (from the think block)."""
+def known_gains(base: dict[str, float], gains: dict[str, float]):
+    """Scores for FakeEngine: words are tokens; the continuation's mean log-prob is a per-example base (from
+    the instruction) plus a known gain per rationale (from the think block)."""
 
-    def __init__(self, base: dict[str, float], gains: dict[str, float]):
-        self.base, self.gains = base, gains
-        self.calls: list[tuple[list[tuple[str, str]], str | None]] = []
+    def logprob(context: str, continuation: str) -> LogProb:
+        instruction = re.search(r"<user>(.*?)</user>", context, re.S).group(1)
+        rationale = re.search(r"<think>(.*?)</think>\n$", context, re.S).group(1)
+        n = len(continuation.split())
+        return LogProb(total=n * (base[instruction] + gains.get(rationale, 0.0)), n_tokens=n)
 
-    def render_chat(self, messages, add_generation_prompt=True):
-        return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + ("<assistant>" if add_generation_prompt else "")
-
-    def count_tokens(self, texts):
-        return [len(t.split()) for t in texts]
-
-    def logprobs(self, requests, adapter=None):
-        self.calls.append((list(requests), adapter))
-        out = []
-        for context, continuation in requests:
-            instruction = re.search(r"<user>(.*?)</user>", context, re.S).group(1)
-            rationale = re.search(r"<think>(.*?)</think>\n$", context, re.S).group(1)
-            n = len(continuation.split())
-            out.append(LogProb(total=n * (self.base[instruction] + self.gains.get(rationale, 0.0)), n_tokens=n))
-        return out
+    return logprob
 
 
 REFS = {
@@ -59,14 +48,14 @@ GAINS = {E1_TEXTS["c1"]: 0.5, E1_TEXTS["c2"]: 1.25, E1_TEXTS["c3"]: -0.75, "six 
 
 
 def run(items=ITEMS, adapter="ckpt/adapter"):
-    engine = FakeScorer({"What is 6 * 7?": -2.0, "Name a colour.": -3.0}, GAINS)
+    engine = FakeEngine(logprobs=known_gains({"What is 6 * 7?": -2.0, "Name a colour.": -3.0}, GAINS))
     table = score(items, REFS, engine, iteration=2, arm="srlm/likelihood", adapter=adapter, ngram=NGRAM, max_repeated_fraction=MAX_REPEATED)
     return engine, table, {(r["candidate_id"], r["role"]): r for r in table.to_pylist()}
 
 
 def test_one_row_per_item_with_parents_and_schema():
     _, table, rows = run()
-    assert table.schema == SCORE_SCHEMA
+    assert table.schema == score_schema()
     assert table.num_rows == len(ITEMS)
     assert [(r["candidate_id"], r["role"]) for r in table.to_pylist()] == [(i.candidate_id, i.role) for i in ITEMS]
     assert {k for k, r in rows.items() if r["role"] == "parent"} == {("p1", "parent"), ("p2", "parent")}
@@ -102,8 +91,8 @@ def test_likelihood_is_with_minus_without_rationale():
             assert row["likelihood"] == pytest.approx(expected[cid])
     assert rows[("p2", "parent")]["likelihood"] == 0.0  # empty parent: exactly 0
     # one batch: a baseline per example (empty think block) + one request per item, with the adapter
-    assert len(engine.calls) == 1
-    requests, adapter = engine.calls[0]
+    assert len(engine.logprob_calls) == 1
+    requests, adapter = engine.logprob_calls[0]
     assert adapter == "ckpt/adapter"
     assert len(requests) == len(REFS) + len(ITEMS)
     assert requests[0] == (likelihood_context(engine, REFS["e1"], ""), "The answer is 42.")
@@ -121,7 +110,8 @@ def test_consistency_picks_the_medoid_and_scores_parents_against_candidates():
     assert cons["c1"] == pytest.approx((selectors.similarity(texts[0], texts[1]) + selectors.similarity(texts[0], texts[2])) / 2)
     # consistency stays within an example: e2's candidates only see e2's
     e2_texts = [i.text for i in E2_ITEMS]
-    assert [rows[(i.candidate_id, "candidate")]["consistency"] for i in E2_ITEMS] == pytest.approx(selectors.consistency_scores(e2_texts))
+    medoid_scores = [selectors.consistency_to(t, e2_texts[:i] + e2_texts[i + 1:]) for i, t in enumerate(e2_texts)]
+    assert [rows[(i.candidate_id, "candidate")]["consistency"] for i in E2_ITEMS] == medoid_scores
     assert rows[("p1", "parent")]["consistency"] == pytest.approx(selectors.consistency_to("six sevens", texts))
     assert 0 < rows[("p1", "parent")]["consistency"] < 1
 
@@ -139,15 +129,15 @@ def test_lone_candidate_and_empty_input():
     _, _, rows = run([Scorable("c1", "e1", "candidate", E1_TEXTS["c1"], "stop")])
     assert rows[("c1", "candidate")]["consistency"] == 0.0
     engine, table, _ = run([])
-    assert table.num_rows == 0 and table.schema == SCORE_SCHEMA and engine.calls == []
+    assert table.num_rows == 0 and table.schema == score_schema() and engine.logprob_calls == []
 
 
 def test_with_the_tiny_real_model():
     from tiny_model import tiny_model_dir
 
-    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from srlm.engines.transformers_engine import TransformersEngine
 
-    engine = TransformersEngine(tiny_model_dir(), TransformersEngineConfig(device="cpu", batch_size=8))
+    engine = TransformersEngine(tiny_model_dir(), engine_settings(batch_size=8))
     refs = {"a": Reference("Ada has 3 apples and gets 4 more. How many apples does Ada have?", "", "Ada has 7 apples."),
             "b": Reference("Describe a quiet river in one sentence.", "", "The quiet river is calm.")}
     items = [
@@ -160,7 +150,7 @@ def test_with_the_tiny_real_model():
     ]
     table = score(items, refs, engine, iteration=1, arm="srlm", adapter=None, ngram=2, max_repeated_fraction=0.3)
     rows = {r["candidate_id"]: r for r in table.to_pylist()}
-    assert table.num_rows == 6 and table.schema == SCORE_SCHEMA
+    assert table.num_rows == 6 and table.schema == score_schema()
     assert rows["a3"]["length"] == -math.inf and rows["a3"]["degenerate"].startswith("repetition")
     for cid in ("a1", "a2", "b1", "pb"):
         r = rows[cid]

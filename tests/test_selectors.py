@@ -1,4 +1,4 @@
-"""The three selectors on hand-built cases (docs/design.md, "The method")."""
+"""The built-in selectors on hand-built cases (docs/design.md, "The method")."""
 
 import math
 
@@ -6,6 +6,11 @@ from srlm import selectors
 
 GOOD = "First split the task into parts. Then add the parts and check the sum against the total."
 LOOPING = " ".join(["add the parts and"] * 30)
+
+
+def consistency_of(texts: list[str]) -> list[float]:
+    """The consistency scorer of each text among the others, as scoring measures them."""
+    return [selectors.consistency(selectors.Measured(t, "candidate", 1, None, 0.0, 0.0, tuple(texts), i)) for i, t in enumerate(texts)]
 
 
 def length(text: str, n_tokens: int, finish_reason: str = "stop") -> float:
@@ -46,13 +51,13 @@ def test_the_medoid_wins_on_consistency():
         "five plus three equals eight so the total is eight",
         "bananas are yellow",
     ]
-    scores = selectors.consistency_scores(texts)
+    scores = consistency_of(texts)
     assert max(range(len(texts)), key=scores.__getitem__) == 1
     assert scores[3] == min(scores)
 
 
 def test_consistency_of_one_candidate_is_zero():
-    assert selectors.consistency_scores(["alone"]) == [0.0]
+    assert consistency_of(["alone"]) == [0.0]
 
 
 def test_similarity_bounds():

@@ -3,7 +3,7 @@
 import pytest
 from conftest import put_table
 
-from assets import schemas
+from srlm import schemas
 from srlm.story import rationale_story
 from srlm.warehouse import refresh_catalog
 
@@ -24,11 +24,11 @@ def home(tmp_path):
               [{"example_id": "e1", "instruction": "Add 2 and 3.", "rationale": "two plus three"}])
     put_table(tmp_path, ("iter_1", "candidates"), schemas.CANDIDATES,
               [candidate("a1", "e1", 1, "M0-x", "first enrichment", 0)])
-    put_table(tmp_path, ("iter_1", "scores"), schemas.SCORES, [score("a1", 1, "candidate", 2.0, 0.1)])
+    put_table(tmp_path, ("iter_1", "scores"), schemas.scores_columns(), [score("a1", 1, "candidate", 2.0, 0.1)])
     put_table(tmp_path, ("iter_2", "candidates"), schemas.CANDIDATES,
               [candidate("b1", "a1", 2, "M1-y", "second | enrichment", 0),
                candidate("b2", "a1", 2, "M1-y", "loops loops", 1)])
-    put_table(tmp_path, ("iter_2", "scores"), schemas.SCORES,
+    put_table(tmp_path, ("iter_2", "scores"), schemas.scores_columns(),
               [score("a1", 2, "parent", 2.0, 0.1), score("b1", 2, "candidate", 2.0, 0.7),
                score("b2", 2, "candidate", float("-inf"), 0.9)])
     refresh_catalog(tmp_path)

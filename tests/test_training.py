@@ -1,11 +1,12 @@
 import json
 import random
 import sys
-from dataclasses import asdict
 
 import pytest
 import torch
+from conftest import lora, train_settings
 from peft import PeftModel
+from pydantic import ValidationError
 from safetensors.torch import load_file
 from tiny_model import tiny_chats, tiny_model_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -13,8 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from srlm.engines.runtime import ModelLoadError
 from srlm.training import (
     IGNORE_INDEX,
-    LoraSettings,
-    TrainSettings,
     check_settings,
     collate,
     encode_example,
@@ -24,7 +23,7 @@ from srlm.training import (
     train_lora,
 )
 
-FAST = dict(batch_size=8, device="cpu", dtype="float32", learning_rate=1e-2)
+FAST = dict(batch_size=8, learning_rate=1e-2)  # on conftest.train_settings' CPU in float32
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +91,17 @@ def test_settings_that_cannot_run_are_rejected(monkeypatch):
     import accelerate.utils
 
     with pytest.raises(ValueError, match="processes >= 2"):
-        check_settings(TrainSettings(fsdp=True, device="cuda"))
+        check_settings(train_settings(fsdp=True, device="cuda"))
     with pytest.raises(ValueError, match="fsdp needs GPUs"):
-        check_settings(TrainSettings(fsdp=True, processes=2, device="cpu"))
-    with pytest.raises(ValueError, match="unknown tracker 'tensorbored'"):
-        check_settings(TrainSettings(report_to=["tensorbored"]))
-    with pytest.raises(ValueError, match="processes must be >= 1"):
-        check_settings(TrainSettings(processes=0))
+        check_settings(train_settings(fsdp=True, processes=2, device="cpu"))
+    with pytest.raises(ValidationError, match="report_to.0"):  # the schema's values, before any check
+        train_settings(report_to=["tensorbored"])
+    with pytest.raises(ValidationError, match="processes"):
+        train_settings(processes=0)
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
     with pytest.raises(ValueError, match=r"'wandb' needs the wandb package \(pip install wandb\)"):
-        check_settings(TrainSettings(report_to="wandb"))
-    check_settings(TrainSettings(report_to="none", processes=2, device="cpu"))
+        check_settings(train_settings(report_to=["wandb"]))
+    check_settings(train_settings(report_to=[], processes=2, device="cpu"))
 
 
 def test_loss_decreases_adapter_loads_and_tensorboard_logs_beside_it(tmp_path, examples):
@@ -110,8 +109,8 @@ def test_loss_decreases_adapter_loads_and_tensorboard_logs_beside_it(tmp_path, e
     out = tmp_path / "adapter"
     logs = []
     report = train_lora(
-        tiny_model_dir(), repeated, out, LoraSettings(r=8, alpha=16, dropout=0.0),
-        TrainSettings(epochs=6, log_every=2, **FAST), log=logs.append,
+        tiny_model_dir(), repeated, out, lora(r=8, alpha=16, dropout=0.0),
+        train_settings(epochs=6, log_every=2, **FAST), log=logs.append,
     )
     assert report.steps == 12 and len(report.loss_curve) == 12
     assert sum(report.loss_curve[-3:]) / 3 < 0.7 * report.loss_curve[0]
@@ -156,8 +155,8 @@ def test_first_step_matches_a_hand_computed_loss_and_gradient(tmp_path, tokenize
     # step 1's loss is the base model's mean NLL over completion + eos tokens, and AdamW's first step moves each
     # B entry by -lr * g / (|g| + eps), g its gradient of that loss (A's gradient is 0 while B = 0)
     lr = 1e-2
-    settings = TrainSettings(max_steps=1, batch_size=16, max_length=40, learning_rate=lr, device="cpu", dtype="float32", report_to="none")
-    report = train_lora(tiny_model_dir(), examples, tmp_path / "a", LoraSettings(r=4, dropout=0.0), settings)
+    settings = train_settings(max_steps=1, batch_size=16, max_length=40, learning_rate=lr, report_to=[])
+    report = train_lora(tiny_model_dir(), examples, tmp_path / "a", lora(r=4, dropout=0.0), settings)
     encoded = [encode_example(tokenizer, p, c, 40) for p, c in examples]
     assert report.truncated == sum(e.truncated for e in encoded) > 0
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir())), str(tmp_path / "a"), is_trainable=True)
@@ -184,8 +183,8 @@ def test_gradient_checkpointing_recomputes_the_layers_and_keeps_the_loss(tmp_pat
     curves, layer_calls = [], []
     for checkpointing in (False, True):
         calls.clear()
-        settings = TrainSettings(max_steps=2, gradient_checkpointing=checkpointing, report_to="none", **FAST)
-        curves.append(train_lora(tiny_model_dir(), examples, tmp_path / str(checkpointing), LoraSettings(dropout=0.0), settings).loss_curve)
+        settings = train_settings(max_steps=2, gradient_checkpointing=checkpointing, report_to=[], **FAST)
+        curves.append(train_lora(tiny_model_dir(), examples, tmp_path / str(checkpointing), lora(dropout=0.0), settings).loss_curve)
         layer_calls.append(len(calls))
     assert layer_calls[1] == 2 * layer_calls[0]  # each layer's forward runs again in the backward pass
     assert curves[0] == pytest.approx(curves[1], abs=1e-6)
@@ -194,8 +193,8 @@ def test_gradient_checkpointing_recomputes_the_layers_and_keeps_the_loss(tmp_pat
 def test_bf16_autocast_trains_close_to_float32(tmp_path, examples):
     curves, logs = {}, []
     for dtype in ("float32", "bfloat16"):
-        settings = TrainSettings(max_steps=3, report_to="none", **{**FAST, "dtype": dtype})
-        curves[dtype] = train_lora(tiny_model_dir(), examples, tmp_path / dtype, LoraSettings(dropout=0.0), settings, log=logs.append).loss_curve
+        settings = train_settings(max_steps=3, report_to=[], dtype=dtype, **FAST)
+        curves[dtype] = train_lora(tiny_model_dir(), examples, tmp_path / dtype, lora(dropout=0.0), settings, log=logs.append).loss_curve
     assert any("bf16 autocast" in line for line in logs)
     assert curves["bfloat16"] != curves["float32"]
     assert curves["bfloat16"] == pytest.approx(curves["float32"], abs=0.05)
@@ -203,10 +202,10 @@ def test_bf16_autocast_trains_close_to_float32(tmp_path, examples):
 
 
 def test_continue_from_adapter(tmp_path, examples):
-    first = train_lora(tiny_model_dir(), examples, tmp_path / "a", LoraSettings(r=4, dropout=0.0),
-                       TrainSettings(max_steps=6, report_to="none", **FAST))
-    second = train_lora(tiny_model_dir(), examples, tmp_path / "b", LoraSettings(r=16),
-                        TrainSettings(max_steps=6, report_to="none", **FAST), init_adapter=str(tmp_path / "a"))
+    first = train_lora(tiny_model_dir(), examples, tmp_path / "a", lora(r=4, dropout=0.0),
+                       train_settings(max_steps=6, report_to=[], **FAST))
+    second = train_lora(tiny_model_dir(), examples, tmp_path / "b", lora(r=16),
+                        train_settings(max_steps=6, report_to=[], **FAST), init_adapter=str(tmp_path / "a"))
     # continuing starts from the first adapter's loss level, and keeps its settings (r=4)
     assert second.loss_curve[0] < first.loss_curve[0]
     assert json.loads((tmp_path / "b" / "adapter_config.json").read_text())["r"] == 4
@@ -216,7 +215,7 @@ def test_continue_from_adapter(tmp_path, examples):
 
 def test_training_is_seeded(tmp_path, examples):
     runs = [
-        train_lora(tiny_model_dir(), examples, tmp_path / name, LoraSettings(), TrainSettings(max_steps=3, seed=seed, report_to="none", **FAST))
+        train_lora(tiny_model_dir(), examples, tmp_path / name, lora(), train_settings(max_steps=3, seed=seed, report_to=[], **FAST))
         for name, seed in (("0", 0), ("1", 0), ("other", 1))
     ]
     assert runs[0].loss_curve == runs[1].loss_curve != runs[2].loss_curve
@@ -231,11 +230,11 @@ def test_two_processes_train_the_same_adapter_as_one(tmp_path, tokenizer):
         (tokenizer.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True), chat[1]["content"])
         for chat in tiny_chats(17, seed=3)
     ]
-    settings = dict(max_steps=6, device="cpu", dtype="float32", batch_size=8, learning_rate=1e-2, report_to="none")
-    one = train_lora(tiny_model_dir(), data, tmp_path / "one", LoraSettings(dropout=0.0), TrainSettings(**settings))
+    settings = dict(max_steps=6, batch_size=8, learning_rate=1e-2, report_to=[])
+    one = train_lora(tiny_model_dir(), data, tmp_path / "one", lora(dropout=0.0), train_settings(**settings))
     logs = []
-    two = train_lora(tiny_model_dir(), data, tmp_path / "two", LoraSettings(dropout=0.0),
-                     TrainSettings(processes=2, log_every=3, **settings), log=logs.append)
+    two = train_lora(tiny_model_dir(), data, tmp_path / "two", lora(dropout=0.0),
+                     train_settings(processes=2, log_every=3, **settings), log=logs.append)
     assert any("on 2 process(es) (MULTI_CPU)" in line for line in logs) and any("step 6/6" in line for line in logs)
     assert two.steps == 6 and two.completion_tokens == one.completion_tokens
     assert max(abs(a - b) for a, b in zip(one.loss_curve, two.loss_curve)) < 1e-5
@@ -258,7 +257,7 @@ def test_a_launched_process_says_why_it_failed(tmp_path, examples, capsys):
     from srlm.train_launch import main
 
     spec = {"base_model_path": str(tmp_path / "no-model"), "examples": examples[:2], "out_dir": str(tmp_path / "out"),
-            "lora": asdict(LoraSettings()), "settings": asdict(TrainSettings(processes=2, device="cpu")), "init_adapter": None}
+            "lora": lora().model_dump(), "settings": train_settings(processes=2).model_dump(), "init_adapter": None}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     with pytest.raises(ModelLoadError):
         main([str(tmp_path / "spec.json")])
@@ -276,7 +275,7 @@ def test_training_resource_passes_the_settings(monkeypatch):
     train = Train(init="base", epochs=2, learning_rate=1e-3, batch_size=4, grad_accum=2, max_length=64, warmup_ratio=0.1,
                   lora=Lora(r=4, alpha=8, dropout=0.0, target_modules="all-linear"), processes=1, fsdp=False,
                   gradient_checkpointing=True, report_to=["tensorboard", "wandb"])
-    resource = TrainingResource(device="cpu")
+    resource = TrainingResource(device="cpu", dtype="auto")
     resource.train("base", [("p", "c")], "out", train, seed=3, logging_dir="tb/run")
     lora, settings = seen["args"][3], seen["args"][4]
     assert (lora.r, lora.alpha, settings.grad_accum, settings.seed, settings.device) == (4, 8, 2, 3, "cpu")

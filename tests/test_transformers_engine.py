@@ -2,15 +2,17 @@ import math
 
 import pytest
 import torch
+from conftest import engine_settings
 from tiny_model import tiny_adapter_dir, tiny_chats, tiny_model_dir
 
-from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig, encode_pair
+from srlm.engines.tokenization import encode_pair, scoring_window
+from srlm.engines.transformers_engine import TransformersEngine
 from srlm.engines.types import SamplingParams
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return TransformersEngine(tiny_model_dir(), TransformersEngineConfig(device="cpu", batch_size=5))
+    return TransformersEngine(tiny_model_dir(), engine_settings(batch_size=5))
 
 
 def chats(n, seed=3):
@@ -249,10 +251,15 @@ class _CharTokenizer:
 
 
 def test_encode_pair_adds_the_leading_bos_once():
-    from srlm.engines.transformers_engine import encode_pair
-
     tok = _CharTokenizer()
     assert encode_pair(tok, "Q: a ", "B") == ([1, ord("Q"), ord(":"), ord(" "), ord("a")], [ord(" "), ord("B")])
     rendered = "\x01Q"  # a context whose text already starts with the bos token's id
     assert encode_pair(tok, rendered, "x")[0] == [1, ord("Q")]
     assert encode_pair(tok, "", "x") == ([1], [ord("x")])
+
+
+def test_the_scoring_window_cuts_the_context_first():
+    tok = _CharTokenizer()
+    assert scoring_window(tok, "abcdef", "xyz", 5) == ([ord(c) for c in "efxyz"], 3)
+    # a continuation longer than the window keeps its last tokens, all scored but the first
+    assert scoring_window(tok, "ab", "wxyz", 3) == ([ord(c) for c in "xyz"], 2)

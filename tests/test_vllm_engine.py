@@ -10,7 +10,7 @@ def test_importing_the_module_does_not_import_vllm():
     code = (
         "import sys, srlm.engines.vllm_engine as m; "
         "assert 'vllm' not in sys.modules, 'vllm was imported'; "
-        "assert m.VLLMEngineConfig().enable_lora"
+        "assert m.VLLMEngineSettings('auto', 0.5, 1, 8, False).engine_kwargs()['enable_lora']"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -22,7 +22,7 @@ def test_missing_vllm_gives_an_install_hint(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(ImportError, match=r"\.\[gpu\]"):
-        m.VLLMEngine(tiny_model_dir())
+        m.VLLMEngine(tiny_model_dir(), m.VLLMEngineSettings("auto", 0.5, 1, 8, False))
 
 
 def _gpu_ready() -> bool:
@@ -38,14 +38,16 @@ def engines():
     pytest.importorskip("vllm")
     if not _gpu_ready():
         pytest.skip("needs CUDA")
+    from conftest import engine_settings
     from tiny_model import tiny_model_dir
 
-    from srlm.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-    from srlm.engines.vllm_engine import VLLMEngine, VLLMEngineConfig
+    from srlm.engines.transformers_engine import TransformersEngine
+    from srlm.engines.vllm_engine import VLLMEngine, VLLMEngineSettings
 
     path = tiny_model_dir()
-    v = VLLMEngine(path, VLLMEngineConfig(dtype="float32", gpu_memory_utilization=0.3, max_lora_rank=16))
-    t = TransformersEngine(path, TransformersEngineConfig(device="cuda", dtype="float32"))
+    v = VLLMEngine(path, VLLMEngineSettings(dtype="float32", gpu_memory_utilization=0.3, tensor_parallel_size=1,
+                                            lora_rank=16, trust_remote_code=False))
+    t = TransformersEngine(path, engine_settings(batch_size=32, device="cuda", dtype="float32"))
     return v, t
 
 
@@ -102,10 +104,10 @@ def test_vllm_adapter(engines):
 @pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA")
 def test_vllm_context_matches_the_tokenizer_path(engines):
     """Token counts use the model's tokenizer and config (no engine): the same context length as vLLM's."""
-    from resources import GenerationResource
+    from conftest import generation_resource
 
     v, _ = engines
-    assert GenerationResource(backend="vllm").tokenizer(str(v.model_path)).max_length == v.max_length
+    assert generation_resource(backend="vllm").tokenizer(str(v.model_path)).max_length == v.max_length
 
 
 @pytest.mark.gpu

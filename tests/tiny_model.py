@@ -15,7 +15,7 @@ import random
 import tempfile
 from pathlib import Path
 
-TINY_CONFIG = dict(
+TINY_SETTINGS = dict(  # srlm.bootstrap.BootstrapSettings
     vocab_size=512,
     hidden_size=32,
     intermediate_size=64,
@@ -80,7 +80,7 @@ def _key(*parts: str) -> str:
 
     h = hashlib.sha256()
     for part in (
-        repr(sorted(TINY_CONFIG.items())),
+        repr(sorted(TINY_SETTINGS.items())),
         Path(srlm.bootstrap.__file__).read_text(),
         Path(srlm.training.__file__).read_text(),
         Path(__file__).read_text(),
@@ -93,17 +93,18 @@ def _key(*parts: str) -> str:
 
 def tiny_model_dir() -> Path:
     """The cached tiny model directory (built on first use)."""
-    from srlm.bootstrap import BootstrapConfig, pretrain
+    from srlm.bootstrap import BootstrapSettings, pretrain
 
     out = _cache_root() / f"tiny-model-{_key()}"
     if not (out / "config.json").is_file():
-        pretrain(tiny_documents(), out, BootstrapConfig(**TINY_CONFIG), device="cpu", log=lambda _: None)
+        pretrain(tiny_documents(), out, BootstrapSettings(**TINY_SETTINGS), device="cpu", log=lambda _: None)
     return out
 
 
 def tiny_adapter_dir() -> Path:
     """A LoRA adapter on the tiny model, trained to answer every prompt with one fixed sentence."""
-    from srlm.training import LoraSettings, TrainSettings, train_lora
+    from srlm.config import Lora
+    from srlm.training import TrainSettings, train_lora
 
     base = tiny_model_dir()
     out = _cache_root() / f"tiny-adapter-{_key('adapter')}"
@@ -119,7 +120,11 @@ def tiny_adapter_dir() -> Path:
             base,
             examples,
             out,
-            LoraSettings(r=8, alpha=16, dropout=0.0),
-            TrainSettings(epochs=1, learning_rate=1e-2, batch_size=8, max_steps=40, device="cpu", dtype="float32"),
+            Lora(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
+            TrainSettings(
+                epochs=1, learning_rate=1e-2, batch_size=8, grad_accum=1, max_length=512, warmup_ratio=0.05, processes=1,
+                fsdp=False, gradient_checkpointing=False, report_to=["tensorboard"], seed=0, device="cpu",
+                dtype="float32", max_steps=40,
+            ),
         )
     return out

@@ -3,7 +3,7 @@
 Standard library only (urllib + a thread pool). One POST {base_url}/chat/completions per prompt, with
 `n` samples in it; prompts run `concurrency` at a time and come back in input order.
 
-    engine = OpenAIChatEngine(OpenAIEngineConfig(base_url="http://127.0.0.1:8000/v1", model="qwen"))
+    engine = OpenAIChatEngine(OpenAIEngineConfig(base_url="http://127.0.0.1:8000/v1", model="qwen", api_key_env=None))
     outs = engine.generate(["Explain ..."], SamplingParams(n=2, temperature=0.7, max_new_tokens=256))
 
 - The API key is read from the environment variable named by `api_key_env` (never from config files) and
@@ -44,7 +44,7 @@ class OpenAIEngineError(RuntimeError):
 class OpenAIEngineConfig:
     base_url: str                            # e.g. http://127.0.0.1:8000/v1 (…/chat/completions is appended)
     model: str                               # the endpoint's model name
-    api_key_env: str | None = "OPENAI_API_KEY"  # name of the env var holding the key; None or unset: no auth header
+    api_key_env: str | None                  # catalyst.teacher.api_key_env: the env var holding the key; None or unset: no auth
     timeout_s: float = 120                   # per request
     max_retries: int = 3                     # retries after the first try (429 / 5xx / connection errors)
     concurrency: int = 4                     # requests in flight

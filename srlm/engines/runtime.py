@@ -242,6 +242,14 @@ def tokenizer_and_context(model_path: str, trust_remote_code: bool = False):
     return tokenizer, model_max_length(SimpleNamespace(config=config), tokenizer)
 
 
+def adapter_dir(adapter: str | os.PathLike) -> Path:
+    """A LoRA adapter's folder, resolved, after checking that it holds a peft adapter."""
+    path = Path(adapter).expanduser().resolve()
+    if not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{path} is not a peft adapter directory (no adapter_config.json)")
+    return path
+
+
 # ------------------------------------------------------------------------------------------ atomic save
 
 

@@ -1,6 +1,6 @@
 """Generation and scoring with plain transformers (CPU or one GPU), with optional peft LoRA adapters.
 
-    engine = TransformersEngine("path/to/model", TransformersEngineConfig(batch_size=32))
+    engine = TransformersEngine("path/to/model", TransformersEngineSettings("cpu", "auto", 32, trust_remote_code=False))
     outs = engine.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(n=4, temperature=0.8))
     scores = engine.logprobs([(context, continuation)], adapter="path/to/lora")
 
@@ -21,9 +21,7 @@ torch.multinomial draws from each row's generator (see `_SeededSampler`), so tex
 Scoring runs a context shared by several requests (the choices of a multiple-choice question) once, and
 each continuation on top of its KV cache.
 
-Tokenization. A raw-string prompt is tokenized with the tokenizer's special tokens (as vLLM does); a chat
-is rendered with the model's chat template and tokenized without adding any (the template writes them).
-Scoring (`logprobs`) tokenizes its strings without adding special tokens, like a rendered chat.
+Tokenization, prompt checks, seeds and stop tokens: srlm/engines/tokenization.py, shared with the other engines.
 """
 
 from __future__ import annotations
@@ -45,90 +43,19 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from srlm.engines.runtime import ModelLoadError, load_causal_lm, model_max_length
-from srlm.engines.types import Completion, GenerationOutput, LogProb, Message, Prompt, SamplingParams
-
-# end-of-turn tokens that chat models declare besides (or instead of) eos; used as stop ids when present
-_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
+from srlm.engines.runtime import ModelLoadError, adapter_dir, load_causal_lm, model_max_length
+from srlm.engines.tokenization import TokenizingMixin, encode_prompts, scoring_window, sequence_seed, stop_token_ids
+from srlm.engines.types import Completion, GenerationOutput, LogProb, Prompt, SamplingParams
 
 
-@dataclass
-class TransformersEngineConfig:
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"             # auto (bf16 on a CUDA GPU with bf16, else float32) | float32 | bfloat16 | float16
-    batch_size: int = 32            # sequences per forward batch (prompts x n for generation)
-    trust_remote_code: bool = False # let transformers run code shipped with the model directory
+@dataclass(frozen=True)
+class TransformersEngineSettings:
+    """What the engine is built with (resources/generation.py fills it from the experiment config)."""
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-def sequence_seed(seed: int, token_ids: Sequence[int], sample_index: int) -> int:
-    """The seed of one sampled sequence: a hash of the call's seed, the prompt's tokens and the sample index."""
-    digest = hashlib.sha256(f"{seed}|{sample_index}|{','.join(map(str, token_ids))}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def count_tokens(tokenizer, texts: Sequence[str]) -> list[int]:
-    """Tokens of each text as scoring sees it (no special tokens added)."""
-    if not texts:
-        return []
-    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
-
-def render_chat(tokenizer, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-    """A chat rendered with the tokenizer's chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"the tokenizer of {tokenizer.name_or_path} has no chat template; send raw-string prompts")
-    return tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-
-
-def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
-    """A raw string with the tokenizer's special tokens (as vLLM does); a chat rendered, with none added."""
-    if isinstance(prompt, str):
-        return tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    return tokenizer(render_chat(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-
-
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Context tokens and continuation tokens, as lm-evaluation-harness splits them: trailing spaces of
-    the context move to the continuation; the continuation is what follows the context's tokens in the
-    tokenization of the whole string. The context gets the special tokens the tokenizer puts in front of
-    a text (Llama's bos, as the harness encodes it) unless it already starts with them (a rendered chat).
-    An empty context becomes the bos (else eos) token."""
-    spaces = len(context) - len(context.rstrip(" "))
-    if spaces:
-        continuation = context[-spaces:] + continuation
-        context = context[:-spaces]
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
-    cont = whole[len(ctx) :]
-    if ctx:
-        lead = tokenizer("", add_special_tokens=True)["input_ids"]
-        if ctx[: len(lead)] != lead:
-            ctx = lead + ctx
-    else:
-        ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-    return ctx, cont
-
-
-def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
-    """eos of the tokenizer and of the generation config, plus declared end-of-turn special tokens."""
-    ids: list[int] = []
-    for value in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.append(value)
-        elif isinstance(value, (list, tuple)):
-            ids.extend(int(v) for v in value)
-    special = set(getattr(tokenizer, "all_special_tokens", []))
-    vocab = tokenizer.get_vocab()
-    for token in _END_OF_TURN_TOKENS:
-        if token in special and token in vocab:
-            ids.append(vocab[token])
-    return sorted(set(ids))
+    device: str  # model.device: auto | cpu | cuda | cuda:N
+    dtype: str  # model.dtype: auto (bf16 on a CUDA GPU with bf16, else float32) | float32 | bfloat16 | float16
+    batch_size: int  # generation.batch_size: sequences per forward batch (prompts x n for generation)
+    trust_remote_code: bool  # model.trust_remote_code
 
 
 # ------------------------------------------------------------------------------------------- attention
@@ -369,17 +296,17 @@ def _similar_lengths(lengths: list[int]) -> list[tuple[int, int]]:
     return parts
 
 
-class TransformersEngine:
-    """A causal LM from a local directory, behind the engine interface (generate, logprobs, render_chat)."""
+class TransformersEngine(TokenizingMixin):
+    """A causal LM from a local directory, behind the engine interface (srlm.engines.types.Engine)."""
 
-    def __init__(self, model_path: str | os.PathLike, config: TransformersEngineConfig | None = None):
-        self.config = config or TransformersEngineConfig()
+    def __init__(self, model_path: str | os.PathLike, settings: TransformersEngineSettings):
+        self.settings = settings
         self.model_path = Path(model_path)
         self.model, self.tokenizer = load_causal_lm(
             self.model_path,
-            device=self.config.device,
-            dtype=self.config.dtype,
-            trust_remote_code=self.config.trust_remote_code,
+            device=settings.device,
+            dtype=settings.dtype,
+            trust_remote_code=settings.trust_remote_code,
             padding_side="left",
         )
         if self.model.config._attn_implementation == "sdpa":
@@ -403,12 +330,6 @@ class TransformersEngine:
         """The usable context in tokens (prompt + generated, or context + continuation)."""
         return self._max_length
 
-    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        return render_chat(self.tokenizer, messages, add_generation_prompt)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return count_tokens(self.tokenizer, texts)
-
     def _collect_stop_ids(self) -> list[int]:
         ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         if not ids:
@@ -420,9 +341,7 @@ class TransformersEngine:
     def _adapter_name(self, adapter: str | os.PathLike) -> str:
         from peft import PeftModel
 
-        path = Path(adapter).expanduser().resolve()
-        if not (path / "adapter_config.json").is_file():
-            raise ModelLoadError(f"{path} is not a peft adapter directory (no adapter_config.json)")
+        path = adapter_dir(adapter)
         weights = [p for p in (path / "adapter_model.safetensors", path / "adapter_model.bin") if p.is_file()]
         mtime = weights[0].stat().st_mtime if weights else 0.0
         key = str(path)
@@ -466,24 +385,13 @@ class TransformersEngine:
         self, prompts: Sequence[Prompt], params: SamplingParams, adapter: str | None = None
     ) -> list[GenerationOutput]:
         """n completions per prompt, in input order. See the module docstring for seeding."""
-        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
-        for i, ids in enumerate(encoded):
-            if len(ids) >= self.max_length:
-                raise ValueError(
-                    f"prompt {i} has {len(ids)} tokens: no room to generate within the model's context of "
-                    f"{self.max_length} tokens"
-                )
+        encoded = encode_prompts(self.tokenizer, prompts, self.max_length)
         greedy = params.temperature == 0
         samples = 1 if greedy else params.n  # greedy: n copies of one decode
         # rows: (prompt index, sample index), prompts longest first (ties by index), samples in order
         order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
         rows = [(i, j) for i in order for j in range(samples)]
-        results: dict[tuple[int, int], Completion] = {}
-        with self._using(adapter) as model, torch.inference_mode():
-            for start in range(0, len(rows), self.config.batch_size):
-                batch = rows[start : start + self.config.batch_size]
-                for key, completion in zip(batch, self._generate_batch(model, batch, encoded, params, greedy)):
-                    results[key] = completion
+        results = dict(zip(rows, self._generate_in_batches(rows, encoded, params, adapter)))
         return [
             GenerationOutput(
                 prompt_index=i,
@@ -500,20 +408,23 @@ class TransformersEngine:
         generated anywhere, in any grouping (srlm/distributed.py sends one row per sample). params.n is not
         used; greedy rows ignore the sample index. Rows are batched as `generate` batches its rows: longest
         prompt first, ties in row order."""
-        encoded = [encode_prompt(self.tokenizer, prompt) for prompt, _ in rows]
-        for k, ids in enumerate(encoded):
-            if len(ids) >= self.max_length:
-                raise ValueError(f"row {k} has a prompt of {len(ids)} tokens: no room to generate within {self.max_length}")
-        greedy = params.temperature == 0
+        encoded = encode_prompts(self.tokenizer, [prompt for prompt, _ in rows], self.max_length, what="row")
         # (row index, sample index): _generate_batch seeds each from the row's prompt tokens and sample index
         order = sorted(((k, index) for k, (_, index) in enumerate(rows)), key=lambda r: (-len(encoded[r[0]]), r[0]))
-        results: dict[int, Completion] = {}
-        with self._using(adapter) as model, torch.inference_mode():
-            for start in range(0, len(order), self.config.batch_size):
-                batch = order[start : start + self.config.batch_size]
-                for (k, _), completion in zip(batch, self._generate_batch(model, batch, encoded, params, greedy)):
-                    results[k] = completion
+        results = {k: completion for (k, _), completion in zip(order, self._generate_in_batches(order, encoded, params, adapter))}
         return [results[k] for k in range(len(rows))]
+
+    def _generate_in_batches(
+        self, rows: list[tuple[int, int]], encoded: list[list[int]], params: SamplingParams, adapter: str | None
+    ) -> list[Completion]:
+        """A completion per (index into `encoded`, sample index) row, in row order, batch_size rows at a time."""
+        greedy = params.temperature == 0
+        completions: list[Completion] = []
+        with self._using(adapter) as model, torch.inference_mode():
+            for start in range(0, len(rows), self.settings.batch_size):
+                batch = rows[start : start + self.settings.batch_size]
+                completions.extend(self._generate_batch(model, batch, encoded, params, greedy))
+        return completions
 
     def _generate_batch(
         self, model, batch: list[tuple[int, int]], encoded: list[list[int]], params: SamplingParams, greedy: bool
@@ -589,15 +500,13 @@ class TransformersEngine:
         results: list[LogProb | None] = [None] * len(requests)
         groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}  # prefix -> (request index, scored tokens)
         for k, (context, continuation) in enumerate(requests):
-            ctx, cont = encode_pair(self.tokenizer, context, continuation)
-            full = (ctx + cont)[-(self.max_length + 1) :]
-            n = min(len(cont), len(full) - 1)
+            full, n = scoring_window(self.tokenizer, context, continuation, self.max_length + 1)
             if n == 0:
                 results[k] = LogProb(total=0.0, n_tokens=0)
             else:
                 groups.setdefault(tuple(full[:-n]), []).append((k, full[-n:]))
         ordered = sorted((_Group(list(p), m) for p, m in groups.items()), key=lambda g: (-len(g.first_pass), g.members[0][0]))
-        size = self.config.batch_size
+        size = self.settings.batch_size
         with self._using(adapter) as model, torch.inference_mode():
             for start in range(0, len(ordered), size):
                 for k, logprob in self._score_chunk(model, ordered[start : start + size]):
@@ -626,8 +535,8 @@ class TransformersEngine:
                 yield k, LogProb(total=_sum_logprobs(row, s), n_tokens=len(s))
         mask = _left_mask([len(g.first_pass) for g in chunk], max(len(g.first_pass) for g in chunk), self.device)
         for run_start, run_end in _similar_lengths([len(s) for _, _, s in rest]):
-            for start in range(run_start, run_end, self.config.batch_size):
-                part = rest[start : min(run_end, start + self.config.batch_size)]
+            for start in range(run_start, run_end, self.settings.batch_size):
+                part = rest[start : min(run_end, start + self.settings.batch_size)]
                 for (_, k, s), total in zip(part, self._score_continuations(model, chunk, cache, mask, part)):
                     yield k, LogProb(total=first[k] + total, n_tokens=len(s))
 

@@ -4,14 +4,15 @@ vLLM is an optional dependency (`pip install -e ".[gpu]"`) and cannot run on CPU
 `VLLMEngine.__init__` only, so importing this module works everywhere.
 
 - Prompts are tokenized here with the model's Hugging Face tokenizer, exactly as TransformersEngine does
-  (shared helpers), and sent to vLLM as token ids, so both engines see the same tokens.
+  (srlm/engines/tokenization.py), and sent to vLLM as token ids, so both engines see the same tokens.
 - Seeds: each prompt's request carries its own seed, derived from (params.seed, the prompt's tokens) like
   TransformersEngine's per-sequence seeds; vLLM derives the n samples of a request from it. A prompt's
   samples therefore do not depend on the other prompts of the call (one shared seed would correlate them).
   Texts are reproducible run to run with vLLM, but are not the same texts as TransformersEngine samples.
 - Log-probabilities come from `prompt_logprobs` of a one-token request over context + continuation.
-- Adapters: `LoRARequest` with a stable integer id per adapter path (enable_lora must be on). vLLM takes
-  only a few values of max_lora_rank: `vllm_lora_rank` rounds the trained rank up to one.
+- Adapters: `LoRARequest` with a stable integer id per adapter path (LoRA is always enabled, MAX_LORAS
+  resident at once). vLLM takes only a few values of max_lora_rank: `srlm.config.vllm_lora_rank` rounds the
+  trained rank up to one.
 - Sleep: where vLLM's platform has sleep mode, the engine is built with it, so `sleep()` can hand the GPU to
   a training step and `wake()` take it back without reloading (resources/generation.py `released`).
 """
@@ -23,53 +24,59 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from srlm.engines.runtime import ModelLoadError, check_causal_lm_dir, load_tokenizer, tokenizer_and_context
-from srlm.engines.transformers_engine import (
-    count_tokens,
-    encode_pair,
-    encode_prompt,
-    render_chat,
+from srlm.config import vllm_lora_rank
+from srlm.engines.runtime import adapter_dir, check_causal_lm_dir, load_tokenizer, tokenizer_and_context
+from srlm.engines.tokenization import (
+    TokenizingMixin,
+    encode_prompts,
+    model_stop_ids,
+    scoring_window,
     sequence_seed,
-    stop_token_ids,
 )
-from srlm.engines.types import Completion, GenerationOutput, LogProb, Message, Prompt, SamplingParams
+from srlm.engines.types import Completion, GenerationOutput, LogProb, Prompt, SamplingParams
 
 INSTALL_HINT = 'vLLM is not installed: install the GPU extra with `pip install -e ".[gpu]"` (needs CUDA)'
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values of max_lora_rank vLLM accepts
+MAX_LORAS = 4  # adapters resident at once
+ENGINE_SEED = 0  # vLLM's engine seed; each request's own seed decides its samples
 
 
-def vllm_lora_rank(r: int) -> int:
-    """The smallest max_lora_rank vLLM accepts that serves adapters of rank r (r: 12 -> 16)."""
-    for rank in VLLM_LORA_RANKS:
-        if r <= rank:
-            return rank
-    raise ValueError(
-        f"LoRA rank {r} (train.lora.r) is above {VLLM_LORA_RANKS[-1]}, the largest rank vLLM serves; lower it, "
-        "or generate with generation.backend: transformers"
-    )
+@dataclass(frozen=True)
+class VLLMEngineSettings:
+    """What the engine is built with (resources/generation.py fills it from the experiment config)."""
+
+    dtype: str  # model.dtype: auto (vLLM's choice from the model config) | float32 | bfloat16 | float16
+    gpu_memory_utilization: float  # generation.gpu_memory_utilization: share of GPU memory vLLM takes
+    tensor_parallel_size: int  # generation.tensor_parallel_size: GPUs per model
+    lora_rank: int  # train.lora.r: the rank of the adapters it serves
+    trust_remote_code: bool  # model.trust_remote_code
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """vLLM's engine arguments (VLLMEngine's LLM, and ray.data.llm's processor in srlm/ray_vllm.py)."""
+        return dict(
+            dtype=self.dtype,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            tensor_parallel_size=self.tensor_parallel_size,
+            trust_remote_code=self.trust_remote_code,
+            seed=ENGINE_SEED,
+            enable_lora=True,
+            max_lora_rank=vllm_lora_rank(self.lora_rank),
+            max_loras=MAX_LORAS,
+        )
 
 
-@dataclass
-class VLLMEngineConfig:
-    dtype: str = "auto"                 # auto (vLLM's choice from the model config) | float32 | bfloat16 | float16
-    gpu_memory_utilization: float = 0.85  # share of GPU memory vLLM takes (weights + KV cache)
-    tensor_parallel_size: int = 1       # GPUs per model
-    max_lora_rank: int = 64             # largest LoRA rank an adapter may have
-    max_model_len: int | None = None    # context length; None = the model's own
-    enable_lora: bool = True            # needed to apply adapters
-    max_loras: int = 4                  # adapters resident at once
-    trust_remote_code: bool = False
-    seed: int = 0                       # engine seed (per-request seeds decide sampling)
-
-    def __post_init__(self) -> None:
-        self.max_lora_rank = vllm_lora_rank(self.max_lora_rank)  # both VLLMEngine and ray.data.llm pass it on
+def vllm_seed(params: SamplingParams, ids: list[int], sample_index: int) -> int | None:
+    """A request's seed: the transformers engine's per-sequence seed cut to the 31 bits vLLM takes; none when
+    greedy."""
+    return None if params.temperature == 0 else sequence_seed(params.seed, ids, sample_index) & 0x7FFF_FFFF
 
 
-class VLLMEngine:
-    def __init__(self, model_path: str | os.PathLike, config: VLLMEngineConfig | None = None):
-        self.config = config or VLLMEngineConfig()
+class VLLMEngine(TokenizingMixin):
+    """A model on vLLM, behind the engine interface (srlm.engines.types.Engine)."""
+
+    def __init__(self, model_path: str | os.PathLike, settings: VLLMEngineSettings):
+        self.settings = settings
         self.model_path = Path(model_path).expanduser()
-        check_causal_lm_dir(self.model_path, self.config.trust_remote_code)
+        check_causal_lm_dir(self.model_path, settings.trust_remote_code)
         try:
             import vllm  # noqa: F401  (lazy: optional GPU dependency)
             from vllm import LLM
@@ -78,37 +85,17 @@ class VLLMEngine:
             raise ImportError(INSTALL_HINT) from exc
         # sleep mode puts vLLM's memory in a pool it can release; vLLM refuses it on platforms without it
         self.can_sleep = current_platform.is_sleep_mode_available()
-        self.tokenizer = load_tokenizer(self.model_path, "left", self.config.trust_remote_code)
-        kwargs: dict[str, Any] = dict(
-            model=str(self.model_path),
-            dtype=self.config.dtype,
-            gpu_memory_utilization=self.config.gpu_memory_utilization,
-            tensor_parallel_size=self.config.tensor_parallel_size,
-            trust_remote_code=self.config.trust_remote_code,
-            seed=self.config.seed,
-            enable_sleep_mode=self.can_sleep,
-        )
-        if self.config.max_model_len:
-            kwargs["max_model_len"] = self.config.max_model_len
-        if self.config.enable_lora:
-            kwargs.update(enable_lora=True, max_lora_rank=self.config.max_lora_rank, max_loras=self.config.max_loras)
-        self.llm = LLM(**kwargs)
+        self.tokenizer = load_tokenizer(self.model_path, "left", settings.trust_remote_code)
+        self.llm = LLM(model=str(self.model_path), enable_sleep_mode=self.can_sleep, **settings.engine_kwargs())
         self._max_length = self._engine_max_length()
-        from transformers import GenerationConfig
-
-        try:
-            generation_config = GenerationConfig.from_pretrained(str(self.model_path))
-        except OSError:
-            generation_config = None
-        self._stop_ids = stop_token_ids(self.tokenizer, generation_config)
+        self._stop_ids = model_stop_ids(str(self.model_path), self.tokenizer)
         self._lora_ids: dict[str, int] = {}
 
     def _engine_max_length(self) -> int:
         try:
             return int(self.llm.llm_engine.model_config.max_model_len)
         except AttributeError:  # an engine that does not say: the limit of the Hugging Face config
-            _, limit = tokenizer_and_context(str(self.model_path), self.config.trust_remote_code)
-            return min(limit, self.config.max_model_len) if self.config.max_model_len else limit
+            return tokenizer_and_context(str(self.model_path), self.settings.trust_remote_code)[1]
 
     # ------------------------------------------------------------------------------------------ sleep
 
@@ -130,23 +117,12 @@ class VLLMEngine:
     def max_length(self) -> int:
         return self._max_length
 
-    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        return render_chat(self.tokenizer, messages, add_generation_prompt)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return count_tokens(self.tokenizer, texts)
-
     def _lora(self, adapter: str | os.PathLike | None):
         if adapter is None:
             return None
-        if not self.config.enable_lora:
-            raise ValueError("an adapter was given but the vLLM engine was built with enable_lora: false")
         from vllm.lora.request import LoRARequest
 
-        path = Path(adapter).expanduser().resolve()
-        if not (path / "adapter_config.json").is_file():
-            raise ModelLoadError(f"{path} is not a peft adapter directory (no adapter_config.json)")
-        key = str(path)
+        key = str(adapter_dir(adapter))
         if key not in self._lora_ids:
             self._lora_ids[key] = len(self._lora_ids) + 1  # ids start at 1; stable for this engine's life
         lora_id = self._lora_ids[key]
@@ -167,13 +143,7 @@ class VLLMEngine:
     ) -> list[GenerationOutput]:
         from vllm import SamplingParams as VSamplingParams
 
-        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
-        for i, ids in enumerate(encoded):
-            if len(ids) >= self.max_length:
-                raise ValueError(
-                    f"prompt {i} has {len(ids)} tokens: no room to generate within the model's context of "
-                    f"{self.max_length} tokens"
-                )
+        encoded = encode_prompts(self.tokenizer, prompts, self.max_length)
         if not encoded:
             return []
         greedy = params.temperature == 0
@@ -183,7 +153,7 @@ class VLLMEngine:
                 temperature=params.temperature,
                 top_p=params.top_p,
                 max_tokens=min(params.max_new_tokens, self.max_length - len(ids)),
-                seed=None if greedy else sequence_seed(params.seed, ids, 0) & 0x7FFF_FFFF,
+                seed=vllm_seed(params, ids, 0),
                 stop=list(params.stop) or None,
                 stop_token_ids=self._stop_ids,
                 skip_special_tokens=True,
@@ -221,12 +191,7 @@ class VLLMEngine:
         must generate) fits max_length."""
         from vllm import SamplingParams as VSamplingParams
 
-        window = self.max_length - 1
-        items = []
-        for context, continuation in requests:
-            ctx, cont = encode_pair(self.tokenizer, context, continuation)
-            full = (ctx + cont)[-window:]
-            items.append((full, min(len(cont), len(full) - 1)))
+        items = [scoring_window(self.tokenizer, context, continuation, self.max_length - 1) for context, continuation in requests]
         results: list[LogProb | None] = [LogProb(0.0, 0) if n == 0 else None for _, n in items]
         todo = [k for k, (_, n) in enumerate(items) if n > 0]
         if todo:

@@ -1,9 +1,20 @@
-"""Column contracts of every table asset (docs/design.md, "Contracts", names the lineage columns)."""
+"""Column contracts of every table asset (docs/design.md, "Contracts", names the lineage columns), and each
+per-stage table described once: its key, columns, key columns and union view.
+
+Frames are built with `frame`, so an empty table still has its columns and types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 import polars as pl
+import pyarrow as pa
 
+from srlm import registry
+from srlm.arms import Stage
 from srlm.expansion import CANDIDATE_SCHEMA
-from srlm.scoring import SCORE_SCHEMA
+from srlm.scoring import score_schema
 
 INSTRUCTIONS = {
     "example_id": pl.String,
@@ -174,9 +185,80 @@ EVAL_SCALING = {
 }
 
 
-def _from_arrow(schema) -> dict:
+
+def _from_arrow(schema: pa.Schema) -> dict:
     return dict(pl.from_arrow(schema.empty_table()).schema)
 
 
 CANDIDATES = _from_arrow(CANDIDATE_SCHEMA)
-SCORES = _from_arrow(SCORE_SCHEMA)
+
+
+def scores_columns() -> dict:
+    """The scores table's columns: one per registered selector among them."""
+    return _from_arrow(score_schema())
+
+
+def frame(rows: Iterable[Mapping[str, Any]], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """Rows -> DataFrame with a fixed schema (an empty table still has its columns and types)."""
+    return pl.DataFrame(list(rows), schema=dict(schema))
+
+
+# ------------------------------------------------------------------------------------- tables, described once
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table asset's contract: its columns, and the columns that must never be null. A stage table (one
+    with a `name`) is written by every stage, keyed `<schema>/<name>`, and its rows of every arm and
+    iteration are one union view, sql/views/<view>.sql (docs/design.md, "SQL names")."""
+
+    columns_of: Callable[[], dict]
+    keys: tuple[str, ...]
+    name: str | None = None
+    view: str | None = None
+    generation: bool = False  # in the stage's generation schema (shared by the SRLM arms at t = 1), t >= 1
+
+    @property
+    def columns(self) -> dict:
+        return self.columns_of()
+
+    def key(self, stage: Stage) -> tuple[str, str]:
+        return registry.table_key(stage.generation_schema if self.generation else stage.schema, self.name)
+
+
+def _fixed(columns: dict) -> Callable[[], dict]:
+    return lambda: columns
+
+
+TRAINING_EXAMPLES_TABLE = Table(_fixed(TRAINING_EXAMPLES), ("example_id", "task", "prompt", "completion"), "training_examples", "training_examples")
+CHECKPOINT_TABLE = Table(_fixed(CHECKPOINTS), ("checkpoint_id", "path", "trained_on", "base_model"), "checkpoint", "checkpoints")
+CANDIDATES_TABLE = Table(_fixed(CANDIDATES), ("candidate_id", "example_id", "parent_id", "checkpoint_id"), "candidates", "candidates", True)
+SCORES_TABLE = Table(scores_columns, ("candidate_id", "example_id", "role"), "scores", "scores", True)
+# every selector's pick: the rows of `selected`, once per selector
+SELECTOR_CHOICES_TABLE = Table(_fixed(SELECTED), ("example_id", "candidate_id", "selector"), "selector_choices", "selector_choices", True)
+SELECTED_TABLE = Table(_fixed(SELECTED), ("example_id", "candidate_id", "selector"), "selected", "selected")
+EVAL_TABLE = Table(_fixed(EVALS), ("checkpoint_id", "question_id", "n_samples"), "eval", "evals")
+
+STAGE_TABLES = (TRAINING_EXAMPLES_TABLE, CHECKPOINT_TABLE, CANDIDATES_TABLE, SCORES_TABLE, SELECTOR_CHOICES_TABLE, SELECTED_TABLE, EVAL_TABLE)
+
+
+def stage_tables(stage: Stage) -> tuple[Table, ...]:
+    """The tables of a stage (its evaluation aside): its training set and checkpoint, and from t = 1 its
+    selection and the generation it selects from (a shared generation is listed by each of its stages)."""
+    every = (TRAINING_EXAMPLES_TABLE, CHECKPOINT_TABLE)
+    return every + ((CANDIDATES_TABLE, SCORES_TABLE, SELECTOR_CHOICES_TABLE, SELECTED_TABLE) if stage.iteration >= 1 else ())
+
+# the tables outside the stages, by key
+FIXED_TABLES = {
+    registry.INSTRUCTIONS: Table(_fixed(INSTRUCTIONS), ("example_id", "instruction", "output")),
+    registry.INSTRUCTIONS_REJECTED: Table(_fixed(REJECTED), ("source", "reason", "raw")),
+    registry.CATALYST: Table(_fixed(CATALYST), ("catalyst_id", "instruction", "output", "rationale")),
+    registry.CATALYST_REJECTED: Table(_fixed(REJECTED), ("source", "reason", "raw")),
+    registry.BASE_MODEL: Table(_fixed({**CHECKPOINTS, **BASE_MODEL_EXTRA}), ("checkpoint_id", "path")),
+}
+EVAL_TABLES = {
+    registry.QUESTIONS: Table(_fixed(QUESTIONS), ("benchmark", "question_id", "answer")),
+    registry.SUMMARY: Table(_fixed(EVAL_SUMMARY), ("checkpoint_id", "benchmark")),
+    registry.SCALING: Table(_fixed(EVAL_SCALING), ("checkpoint_id", "benchmark", "n_samples")),
+    registry.COMPARISON: Table(_fixed(EVAL_COMPARISON), ("checkpoint_id", "reference_checkpoint_id", "benchmark", "verdict")),
+}
