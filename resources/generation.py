@@ -173,7 +173,7 @@ class GenerationResource(dg.ConfigurableResource):
     ) -> OpenAIChatEngine | Engine:
         """A teacher engine: an OpenAI-compatible endpoint (generation only), or a local model directory."""
         if backend == "openai":
-            from srlm.engines.openai_engine import OpenAIChatEngine, OpenAIEngineConfig
+            from srlm.engines.openai_engine import OpenAIChatEngine, OpenAIEngineSettings
 
-            return OpenAIChatEngine(OpenAIEngineConfig(base_url=base_url, model=model, api_key_env=api_key_env))
+            return OpenAIChatEngine(OpenAIEngineSettings(base_url=base_url, model=model, api_key_env=api_key_env))
         return self.engine(model)

@@ -13,7 +13,7 @@ from srlm import prompts
 from srlm.catalyst import derive, read_catalyst_file, steps_as_rationale, teach
 from srlm.config import CatalystColumns, FileCatalyst, InstructionSource
 from srlm.datasets import CALC_ANNOTATION, DataFormatError, Example, load_instructions
-from srlm.engines.openai_engine import OpenAIChatEngine, OpenAIEngineConfig, OpenAIEngineError
+from srlm.engines.openai_engine import OpenAIChatEngine, OpenAIEngineError, OpenAIEngineSettings
 from srlm.engines.types import SamplingParams
 from srlm.prompts import skills_used
 
@@ -189,7 +189,7 @@ def server():
 
 def teacher(server, params):
     """The teacher callback as the catalyst asset builds it: one chat per example, first completion."""
-    engine = OpenAIChatEngine(OpenAIEngineConfig(base_url=server.base_url, model="fake-model", api_key_env=None,
+    engine = OpenAIChatEngine(OpenAIEngineSettings(base_url=server.base_url, model="fake-model", api_key_env=None,
                                                  max_retries=1, retry_backoff_s=0.01, timeout_s=5))
 
     def generate(examples):

@@ -1,7 +1,7 @@
 import pytest
 from fake_openai_server import FakeOpenAIServer, fake_text
 
-from srlm.engines.openai_engine import OpenAIChatEngine, OpenAIEngineConfig, OpenAIEngineError
+from srlm.engines.openai_engine import OpenAIChatEngine, OpenAIEngineError, OpenAIEngineSettings
 from srlm.engines.types import SamplingParams
 
 SECRET = "sk-test-not-a-real-key-123"
@@ -16,7 +16,7 @@ def server():
 def engine_for(server, **kw):
     fields = dict(base_url=server.base_url, model="fake-model", api_key_env="SRLM_TEST_KEY", retry_backoff_s=0.01, timeout_s=5)
     fields.update(kw)
-    return OpenAIChatEngine(OpenAIEngineConfig(**fields))
+    return OpenAIChatEngine(OpenAIEngineSettings(**fields))
 
 
 def test_success_in_order_with_chat_and_raw_prompts(server, monkeypatch):
@@ -87,7 +87,7 @@ def test_malformed_body(server):
 
 
 def test_connection_refused_is_retried_then_reported():
-    engine = OpenAIChatEngine(OpenAIEngineConfig(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=None, max_retries=1,
+    engine = OpenAIChatEngine(OpenAIEngineSettings(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=None, max_retries=1,
                                                  retry_backoff_s=0.01, timeout_s=2))
     with pytest.raises(OpenAIEngineError, match="after 2 tries"):
         engine.generate(["x"], SamplingParams())

@@ -3,7 +3,7 @@
 Standard library only (urllib + a thread pool). One POST {base_url}/chat/completions per prompt, with
 `n` samples in it; prompts run `concurrency` at a time and come back in input order.
 
-    engine = OpenAIChatEngine(OpenAIEngineConfig(base_url="http://127.0.0.1:8000/v1", model="qwen", api_key_env=None))
+    engine = OpenAIChatEngine(OpenAIEngineSettings(base_url="http://127.0.0.1:8000/v1", model="qwen", api_key_env=None))
     outs = engine.generate(["Explain ..."], SamplingParams(n=2, temperature=0.7, max_new_tokens=256))
 
 - The API key is read from the environment variable named by `api_key_env` (never from config files) and
@@ -41,7 +41,7 @@ class OpenAIEngineError(RuntimeError):
 
 
 @dataclass
-class OpenAIEngineConfig:
+class OpenAIEngineSettings:
     base_url: str                            # e.g. http://127.0.0.1:8000/v1 (…/chat/completions is appended)
     model: str                               # the endpoint's model name
     api_key_env: str | None                  # catalyst.teacher.api_key_env: the env var holding the key; None or unset: no auth
@@ -52,9 +52,9 @@ class OpenAIEngineConfig:
 
     def __post_init__(self) -> None:
         if not self.base_url:
-            raise ValueError("OpenAIEngineConfig.base_url is empty")
+            raise ValueError("OpenAIEngineSettings.base_url is empty")
         if not self.model:
-            raise ValueError("OpenAIEngineConfig.model is empty")
+            raise ValueError("OpenAIEngineSettings.model is empty")
         if self.concurrency < 1 or self.max_retries < 0:
             raise ValueError("concurrency must be >= 1 and max_retries >= 0")
 
@@ -66,7 +66,7 @@ class _Retryable(Exception):
 
 
 class OpenAIChatEngine:
-    def __init__(self, config: OpenAIEngineConfig):
+    def __init__(self, config: OpenAIEngineSettings):
         self.config = config
         self.url = config.base_url.rstrip("/") + "/chat/completions"
 
