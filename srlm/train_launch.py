@@ -1,9 +1,9 @@
 """LoRA training in several processes: `accelerate launch` runs srlm.training.run_training once per process.
 
-    launch(base, examples, out_dir, lora, settings, init_adapter, log)  # settings.processes > 1
+    launch(job, log)                          # train_lora with settings.processes > 1
     python -m srlm.train_launch SPEC.json                                # what each launched process runs
 
-The parent writes the run's arguments to a spec file, starts
+The parent writes the run's TrainJob to a spec file, starts
 `accelerate launch --multi_gpu --num_processes N -m srlm.train_launch SPEC.json` (accelerate's torchrun launcher:
 on a CPU device the processes talk over gloo; `--cpu` would start a single process), forwards the main process's
 "train:" lines to `log`, and returns the TrainReport that process saved beside the adapter. If the parent is
@@ -24,42 +24,22 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from srlm.config import Lora
 from srlm.engines.runtime import resolve_device
-from srlm.training import TrainReport, TrainSettings, run_training
+from srlm.training import TrainJob, TrainReport, TrainSettings, run_training
 
 _TAIL_LINES = 30  # of the launch's other output, shown when it fails without a process saying why
 _ERROR_PREFIX = "train-error: "  # a process's line saying why it failed
 
 
-def launch(
-    base_model_path: str | Path,
-    examples: Sequence[tuple[str, str]],
-    out_dir: str | Path,
-    lora: Lora,
-    settings: TrainSettings,
-    init_adapter: str | None,
-    log: Callable[[str], None],
-) -> TrainReport:
-    """Train in settings.processes processes; returns the main process's report."""
+def launch(job: TrainJob, log: Callable[[str], None]) -> TrainReport:
+    """Train in job.settings.processes processes; returns the main process's report."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="srlm-train-") as tmp:
         spec = Path(tmp) / "spec.json"
-        spec.write_text(
-            json.dumps(
-                {
-                    "base_model_path": str(base_model_path),
-                    "examples": [list(e) for e in examples],
-                    "out_dir": str(out_dir),
-                    "lora": lora.model_dump(),
-                    "settings": settings.model_dump(),
-                    "init_adapter": None if init_adapter is None else str(init_adapter),
-                }
-            )
-        )
-        _run(launch_command(spec, settings), log)
-    report = TrainReport(**json.loads((Path(out_dir) / "training_report.json").read_text()))
-    report.seconds, report.adapter_dir = time.perf_counter() - started, str(out_dir)  # not kept in the folder
+        spec.write_text(job.to_json())
+        _run(launch_command(spec, job.settings), log)
+    report = TrainReport(**json.loads((Path(job.out_dir) / "training_report.json").read_text()))
+    report.seconds, report.adapter_dir = time.perf_counter() - started, job.out_dir  # not kept in the folder
     return report
 
 
@@ -112,17 +92,8 @@ def _run(cmd: list[str], log: Callable[[str], None]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     (spec_path,) = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(spec_path).read_text())
     try:
-        run_training(
-            spec["base_model_path"],
-            [tuple(e) for e in spec["examples"]],
-            spec["out_dir"],
-            Lora(**spec["lora"]),
-            TrainSettings(**spec["settings"]),
-            spec["init_adapter"],
-            log=lambda msg: print(msg, flush=True),
-        )
+        run_training(TrainJob.from_json(Path(spec_path).read_text()), log=lambda msg: print(msg, flush=True))
     except Exception as exc:  # one line for the parent's error message; the traceback follows on stderr
         why = " ".join(str(exc).split())
         print(f"{_ERROR_PREFIX}process {os.environ.get('RANK', '?')}: {type(exc).__name__}: {why}", flush=True)

@@ -194,6 +194,28 @@ def check_settings(settings: TrainSettings) -> None:
             raise ValueError(f"report_to: {name!r} needs the {name} package (pip install {name})")
 
 
+@dataclass(frozen=True)
+class TrainJob:
+    """One training run's inputs, as train_lora received them: run in this process, or written to a spec file
+    for each process `accelerate launch` starts (srlm/train_launch.py)."""
+
+    base_model_path: str
+    examples: list[tuple[str, str]]  # (rendered prompt, completion)
+    out_dir: str
+    lora: Lora
+    settings: TrainSettings
+    init_adapter: str | None
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "lora": self.lora.model_dump(), "settings": self.settings.model_dump()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainJob":
+        spec = json.loads(text)
+        return cls(**{**spec, "examples": [tuple(e) for e in spec["examples"]], "lora": Lora(**spec["lora"]),
+                      "settings": TrainSettings(**spec["settings"])})
+
+
 def train_lora(
     base_model_path: str | Path,
     examples: Sequence[tuple[str, str]],
@@ -208,30 +230,25 @@ def train_lora(
     if not examples:
         raise ValueError("train_lora needs at least one example")
     check_settings(settings)
+    job = TrainJob(str(base_model_path), [tuple(e) for e in examples], str(out_dir), lora, settings,
+                   None if init_adapter is None else str(init_adapter))
     if settings.processes > 1:
         from srlm.train_launch import launch
 
-        return launch(base_model_path, examples, out_dir, lora, settings, init_adapter, log)
-    return run_training(base_model_path, examples, out_dir, lora, settings, init_adapter, log)
+        return launch(job, log)
+    return run_training(job, log)
 
 
-def run_training(
-    base_model_path: str | Path,
-    examples: Sequence[tuple[str, str]],
-    out_dir: str | Path,
-    lora: Lora,
-    settings: TrainSettings,
-    init_adapter: str | None,
-    log: Callable[[str], None],
-) -> TrainReport:
+def run_training(job: TrainJob, log: Callable[[str], None]) -> TrainReport:
     """One process's part of a training run: the whole run in-process, or one of `accelerate launch`'s processes."""
     started = time.perf_counter()
+    settings, lora, out_dir = job.settings, job.lora, job.out_dir
     accelerator = _accelerator(settings, Path(out_dir))
     say = log if accelerator.is_main_process else (lambda _msg: None)
     torch.manual_seed(settings.seed)
-    model, tokenizer = _lora_model(base_model_path, lora, settings, init_adapter, accelerator, say)
+    model, tokenizer = _lora_model(job.base_model_path, lora, settings, job.init_adapter, accelerator, say)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before FSDP flattens them
-    encoded = [encode_example(tokenizer, p, c, settings.max_length) for p, c in examples]
+    encoded = [encode_example(tokenizer, p, c, settings.max_length) for p, c in job.examples]
     truncated = sum(e.truncated for e in encoded)
     if truncated:
         say(f"train: {truncated} of {len(encoded)} examples longer than {settings.max_length} tokens were cut (prompt from the left)")

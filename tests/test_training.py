@@ -255,10 +255,10 @@ def test_launch_forwards_progress_and_raises_with_the_process_error():
 
 def test_a_launched_process_says_why_it_failed(tmp_path, examples, capsys):
     from srlm.train_launch import main
+    from srlm.training import TrainJob
 
-    spec = {"base_model_path": str(tmp_path / "no-model"), "examples": examples[:2], "out_dir": str(tmp_path / "out"),
-            "lora": lora().model_dump(), "settings": train_settings(processes=2).model_dump(), "init_adapter": None}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    job = TrainJob(str(tmp_path / "no-model"), examples[:2], str(tmp_path / "out"), lora(), train_settings(processes=2), None)
+    (tmp_path / "spec.json").write_text(job.to_json())
     with pytest.raises(ModelLoadError):
         main([str(tmp_path / "spec.json")])
     assert "train-error: process ?: ModelLoadError: model directory" in capsys.readouterr().out
