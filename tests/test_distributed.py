@@ -210,6 +210,7 @@ def local_ray():
     the tests folder)."""
     ray = pytest.importorskip("ray")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()  # a Ray an earlier test started implicitly (Ray Data does on first use): this one has 2 CPUs
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
