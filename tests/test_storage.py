@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 import s3fs
 import yaml
-from conftest import write_micro_config
+from conftest import FakeEngine, write_micro_config
 from moto.server import ThreadedMotoServer
 from test_warehouse import candidates
 
@@ -29,7 +29,7 @@ from srlm import checkpoints, storage as storage_module
 from srlm.checkpoints import cache_dir, commit_checkpoint, commit_dir, leftovers, local_checkpoint
 from srlm.cli import main
 from srlm.config import ConfigError, load_config
-from srlm.engines.types import Completion, GenerationOutput, SamplingParams
+from srlm.engines.types import SamplingParams
 from srlm.expansion import ExpansionSettings, ExpansionTask, expand
 from srlm.storage import MARKER, NotCommitted, ReadOnlyFileSystem, Storage
 from srlm.warehouse import ReadOnlyViolation, list_tables, query_read_only, refresh_catalog, table_path, write_parquet_atomic
@@ -316,17 +316,6 @@ def test_leftovers_in_a_local_storage_folder_are_found_too(tmp_path):
 # ----------------------------------------------------------------------------------------------- shards
 
 
-class FakeEngine:
-    def __init__(self, crash: bool = False):
-        self.crash, self.calls = crash, 0
-
-    def generate(self, prompts, params, adapter=None):
-        self.calls += 1
-        if self.crash:
-            raise RuntimeError("should have reused the shards")
-        return [GenerationOutput(i, [Completion(f"r{i}-{j}", 3, "stop") for j in range(params.n)]) for i in range(len(prompts))]
-
-
 def test_shards_on_s3_are_committed_and_reused(s3):
     tasks = [ExpansionTask(f"ex{i}", f"p{i}", "2 + 2?", "", "", "4") for i in range(5)]
     settings = ExpansionSettings(1, "M0-a", SamplingParams(n=2, seed=3), shard_size=2)
@@ -334,8 +323,10 @@ def test_shards_on_s3_are_committed_and_reused(s3):
     table, counts = expand(tasks, FakeEngine(), settings, shard_dir, "run-1", storage=s3)
     assert counts == {"shards": 3, "reused": 0, "generated": 3} and table.num_rows == 10
     assert objects(s3) == [f"shards/iter_1/candidates/recipe/shard-0000{i}.parquet" for i in range(3)]
-    again, counts = expand(tasks, FakeEngine(crash=True), settings, shard_dir, "run-2", storage=s3)
+    rerun = FakeEngine()
+    again, counts = expand(tasks, rerun, settings, shard_dir, "run-2", storage=s3)
     assert counts == {"shards": 3, "reused": 3, "generated": 0} and again.equals(table)
+    assert rerun.generate_calls == []  # every shard was read back, none generated
 
 
 # ----------------------------------------------------------------------------------------------- config
