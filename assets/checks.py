@@ -22,7 +22,7 @@ from assets.evaluation import QUESTIONS, eval_keys
 from assets.tables import asset_key, table_key
 from resources import WarehouseResource
 from srlm import checks as rules
-from srlm.arms import Stage, stages
+from srlm.arms import Stage, generations, stages
 from srlm.config import ExperimentConfig
 from srlm.decontamination import QuestionIndex
 from srlm.schemas import CANDIDATES_TABLE, EVAL_TABLE, SCORES_TABLE, SELECTED_TABLE, TRAINING_EXAMPLES_TABLE
@@ -142,14 +142,9 @@ def _nothing_lost_checks(cfg: ExperimentConfig) -> list[dg.AssetChecksDefinition
         _check(table, "rows_accounted", "Rows read = rows kept + rows rejected (with reasons).", _rows_accounted(table, rejected), deps=[rejected])
         for table, rejected in ((INSTRUCTIONS, INSTRUCTIONS_REJECTED), (CATALYST, CATALYST_REJECTED))
     ]
-    generated = set()
-    for stage in stages(cfg.arms, cfg.experiment.iterations):
-        if stage.iteration == 0:
-            continue
-        if stage.generation_schema not in generated:
-            generated.add(stage.generation_schema)
-            checks += _generation_checks(stage)
-        checks += _selection_checks(stage)
+    for stage in generations(cfg.arms, cfg.experiment.iterations):  # each shared generation once
+        checks += _generation_checks(stage)
+    checks += [c for stage in stages(cfg.arms, cfg.experiment.iterations) if stage.iteration >= 1 for c in _selection_checks(stage)]
     return checks
 
 

@@ -11,7 +11,7 @@ from assets.launchpad import eval_config_class, questions_config_class
 from assets.tables import asset_key, code_version, frame, table_key, table_output
 from resources import GenerationResource, WarehouseResource
 from srlm import answer_extraction, benchmarks, comparison, evaluation, plots, registry, stats, voting
-from srlm.arms import BASE_STAGE, Stage, comparison_pairs, evaluated
+from srlm.arms import BASE_STAGE, Stage, arm_slug, comparison_pairs, evaluated
 from srlm.benchmarks import question_row, read_benchmark, sample_questions
 from srlm.comparison import comparison_rows
 from srlm.config import ExperimentConfig
@@ -127,7 +127,7 @@ def _evaluation(cfg: ExperimentConfig, stage: Stage) -> dg.AssetsDefinition:
         ins=ins,
         group_name="eval" if stage is BASE_STAGE else stage.schema,
         kinds={"pytorch", "polars", "parquet"},
-        tags={"arm": stage.arm.replace("/", "_")},
+        tags={"arm": arm_slug(stage.arm)},
         description=(
             f"{'the base model' if stage is BASE_STAGE else stage.label} on the sampled benchmark questions: one row per question and number of voted samples N "
             "(prediction, correct; generate protocol: majority vote over the first N sampled answers)."
@@ -144,8 +144,8 @@ PLOTS = {
 
 def _sql_summary(key: dg.AssetKey, query: str, eval_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
     descriptions = {
-        "eval_summary": "Accuracy per checkpoint x benchmark (at N=1 and at the largest N), with the change against "
-        "the previous iteration and against the base model (sql/eval_summary.sql).",
+        "eval_summary": "Accuracy per checkpoint x benchmark (at N=1 and at the largest N), with its 95% Wilson interval "
+        "and the change against the base model (sql/eval_summary.sql).",
         "eval_scaling": "Inference-time scaling: accuracy of the majority vote vs the number of sampled answers N, "
         "per checkpoint x benchmark (sql/eval_scaling.sql).",
     }

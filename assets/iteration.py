@@ -20,7 +20,7 @@ from assets.launchpad import expand_config_class, select_config_class
 from assets.tables import code_version, fingerprint, frame, table_key, table_output
 from resources import GenerationResource, TrainingResource, WarehouseResource
 from srlm import enrichment, plots, prompts
-from srlm.arms import Stage, stages
+from srlm.arms import Stage, arm_slug, generations, stages
 from srlm.checkpoint_rows import checkpoint_metadata, checkpoint_prefix, checkpoint_row
 from srlm.checkpoints import checkpoint_id_for, commit_checkpoint, local_checkpoint
 from srlm.config import ExperimentConfig
@@ -51,24 +51,23 @@ from srlm.training_sets import chosen_rationales, expansion_tasks, initial_rows,
 
 
 def build_iteration_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
-    assets, generated = [], set()
+    assets = []
+    for stage in generations(cfg.arms, cfg.experiment.iterations):  # each shared generation once
+        assets += [_candidates(cfg, stage), _scores(cfg, stage), _selector_choices(cfg, stage)]
     for stage in stages(cfg.arms, cfg.experiment.iterations):
         if stage.iteration == 0:
             assets += [_initial_training_examples(stage), _checkpoint(cfg, stage)]
-            continue
-        if stage.generation_schema not in generated:
-            generated.add(stage.generation_schema)
-            assets += [_candidates(cfg, stage), _scores(cfg, stage), _selector_choices(cfg, stage)]
-        assets += [_selected(cfg, stage), _training_examples(stage), _checkpoint(cfg, stage)]
+        else:
+            assets += [_selected(cfg, stage), _training_examples(stage), _checkpoint(cfg, stage)]
     return assets
 
 
 def _tags(stage: Stage) -> dict[str, str]:
-    return {"arm": stage.arm.replace("/", "_")}
+    return {"arm": arm_slug(stage.arm)}
 
 
 def _generation_tags(stage: Stage) -> dict[str, str]:
-    return {"arm": stage.generation_arm.replace("/", "_")}
+    return {"arm": arm_slug(stage.generation_arm)}
 
 
 # ----------------------------------------------------------------------------------------------- training sets

@@ -60,7 +60,7 @@ def build_model_assets(cfg: ExperimentConfig) -> list[dg.AssetsDefinition]:
     return [base]
 
 
-def _row(cfg: ExperimentConfig, checkpoint_id: str, path: str, run_id: str) -> dict:
+def _row(checkpoint_id: str, path: str, run_id: str) -> dict:
     return {
         "checkpoint_id": checkpoint_id,
         "arm": BASE_ARM,
@@ -95,7 +95,7 @@ def _bootstrap(context: dg.AssetExecutionContext, cfg: ExperimentConfig) -> tupl
     report = pretrain(documents, staging, settings, device=cfg.model.device, log=context.log.info)
     ckpt_id = checkpoint_id_for("base", staging)
     out = commit_dir(staging, cfg.home / "models" / ckpt_id)
-    row = _row(cfg, ckpt_id, str(out), context.run_id)
+    row = _row(ckpt_id, str(out), context.run_id)
     final_loss = report.loss_curve[-1][1] if report.loss_curve else None
     row.update(
         train_loss=final_loss,
@@ -126,7 +126,7 @@ def _local(cfg: ExperimentConfig, run_id: str) -> tuple[dict, dict]:
     resolved = resolve_base(cfg.model.base, cfg.home / "models")
     card = model_card(resolved.path)
     ckpt_id = checkpoint_id_for("base", resolved.path)
-    row = _row(cfg, ckpt_id, str(resolved.path), run_id)
+    row = _row(ckpt_id, str(resolved.path), run_id)
     row.update(source=resolved.source["kind"], parameters=card["parameters"])
     meta = {
         "checkpoint_id": ckpt_id,

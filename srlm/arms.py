@@ -28,6 +28,11 @@ SHARED_GENERATION_SCHEMA = "srlm_iter_1"  # the SRLM arms' first candidates, sco
 BASE_ARM = "base"  # the `arm` value of the base model's rows
 
 
+def arm_slug(arm: str) -> str:
+    """An arm's name as a schema part or a tag: "srlm/likelihood" -> "srlm_likelihood"."""
+    return arm.replace("/", "_")
+
+
 @dataclass(frozen=True)
 class Arm:
     name: str  # "sft" | "self_train/<selector>" | "srlm/<selector>"
@@ -36,11 +41,7 @@ class Arm:
 
     @property
     def slug(self) -> str:
-        return self.name.replace("/", "_")
-
-    @property
-    def iterative(self) -> bool:
-        return self.kind != SFT
+        return arm_slug(self.name)
 
     @property
     def prompt(self) -> str:

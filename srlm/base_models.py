@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from srlm.engines.runtime import _POSITION_KEYS, atomic_output_dir
+from srlm.engines.tokenization import POSITION_KEYS
 
 SOURCE_FILE = "srlm_source.json"
 _GGUF_MAGIC = b"GGUF"
@@ -203,6 +203,8 @@ def _convert(gguf_path: Path, sha256: str, models_dir: Path) -> Path:
         return out
     header = read_gguf_header(gguf_path)
     _check_architecture(gguf_path, header["architecture"])
+    from srlm.engines.runtime import atomic_output_dir  # with torch: only a conversion needs it, not a config load
+
     with atomic_output_dir(out) as tmp:
         _save_as_hf(gguf_path, tmp)
         _write_json(tmp / SOURCE_FILE, _source_record(gguf_path.name, sha256, header))
@@ -322,7 +324,7 @@ def model_card(hf_dir: str | Path) -> dict[str, Any]:
     text = config.get("text_config") or config  # multimodal configs nest the language model's
     return {
         "parameters": _stored_parameters(hf_dir),
-        "context_length": next((text[key] for key in _POSITION_KEYS if key in text), None),
+        "context_length": next((text[key] for key in POSITION_KEYS if key in text), None),
         "architecture": (config.get("architectures") or [config.get("model_type")])[0],
         "vocab_size": text.get("vocab_size"),
         "chat_template": _chat_template(hf_dir),

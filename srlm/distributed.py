@@ -42,7 +42,7 @@ import pyarrow as pa
 from srlm.datasets import stable_id
 from srlm.engines.tokenization import TokenizingMixin, encode_prompts
 from srlm.engines.types import Completion, GenerationOutput, LogProb, Prompt, SamplingParams
-from srlm.storage import Storage, is_uri
+from srlm.storage import Storage
 
 GENERATION_RESULT = pa.schema(
     [("row_id", pa.string()), ("text", pa.string()), ("n_tokens", pa.int64()), ("finish_reason", pa.string())]
@@ -170,11 +170,6 @@ def commit_part(batch: pa.Table, storage: dict, output: str, kind: str) -> pa.Ta
     return batch.select(["row_id"])
 
 
-def written_ids(storage: Storage, output: str, kind: str) -> set[str]:
-    parts = storage.glob(output, f"{kind}-*.parquet")
-    return {i for path in parts for i in storage.read_parquet(path, ["row_id"])["row_id"].to_pylist()}
-
-
 def read_results(storage: Storage, output: str, kind: str, row_ids: set[str]) -> dict[str, dict]:
     """The result row of each wanted id, from every part of that kind under `output`."""
     found: dict[str, dict] = {}
@@ -190,11 +185,11 @@ def read_results(storage: Storage, output: str, kind: str, row_ids: set[str]) ->
 
 def local_adapter(adapter: str | None, storage: dict) -> str | None:
     """The adapter as a local folder on this node: a storage URI is fetched once into the node's temp folder."""
-    if adapter is None or not is_uri(adapter):
-        return adapter
-    from srlm.checkpoints import cache_dir
+    if adapter is None:
+        return None
+    from srlm.checkpoints import local_checkpoint
 
-    return str(Storage(**storage).fetch_dir(adapter, cache_dir(Path(tempfile.gettempdir()) / "srlm-ray", adapter)))
+    return local_checkpoint(adapter, Storage(**storage), Path(tempfile.gettempdir()) / "srlm-ray")
 
 
 class EngineActor:
@@ -269,12 +264,12 @@ class RayEngine(TokenizingMixin):
         """Compute the rows not yet written under the output folder in one job; return every row's result."""
         started = time.perf_counter()
         wanted = distinct(rows)
-        done = written_ids(self.storage, self.output, kind)
-        todo = [row for row in wanted if row["row_id"] not in done]
+        found = read_results(self.storage, self.output, kind, {row["row_id"] for row in wanted})
+        todo = [row for row in wanted if row["row_id"] not in found]
         record = JobRecord(kind, self.output, len(wanted), len(todo), len(wanted) - len(todo))
         if todo:
             self._execute(kind, todo, params, adapter, record)
-        found = read_results(self.storage, self.output, kind, {row["row_id"] for row in wanted})
+            found |= read_results(self.storage, self.output, kind, {row["row_id"] for row in todo})
         missing = len(wanted) - len(found)
         if missing:
             raise RuntimeError(f"Ray job {record.dataset}: {missing} of {len(wanted)} {kind} rows missing under {self.output}")

@@ -27,7 +27,6 @@ ARM_KINDS = (SFT, SELF_TRAIN, SRLM)
 # ----------------------------------------------------------------------------------------- tasks, roles
 
 ANSWER, ENRICH = "answer", "enrich"  # the two tasks of one model: x -> <think>r</think> y; (x, r, y) -> r'
-TASKS = (ANSWER, ENRICH)
 CANDIDATE, PARENT = "candidate", "parent"  # a score row's rationale: a new candidate, or the one it rewrote
 ROLES = (CANDIDATE, PARENT)
 
@@ -49,11 +48,6 @@ BASE_SCHEMA = BASE_MODEL[0]  # the base model's stage: its evaluation is BASE_EV
 def table_key(schema: str, name: str) -> tuple[str, str]:
     """A stage's table: `<schema>/<name>`; the base model's evaluation is eval/base_model."""
     return BASE_EVAL if (schema, name) == (BASE_SCHEMA, "eval") else (schema, name)
-
-
-def eval_key(schema: str) -> tuple[str, str]:
-    """The evaluation asset of a stage's checkpoint."""
-    return table_key(schema, "eval")
 
 
 # ------------------------------------------------------------------------------------------- selectors

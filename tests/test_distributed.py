@@ -104,8 +104,8 @@ def test_parts_are_committed_found_and_read_back_by_kind(tmp_path):
     assert distributed.commit_part(batch, store.record(), output, "logprobs")["row_id"].to_pylist() == ids[:1]
     distributed.commit_part(batch, store.record(), output, "logprobs")  # a retried batch rewrites its part
     assert [p.name for p in (tmp_path / "rows").iterdir()] == [os.path.basename(distributed.part_path(output, "logprobs", ids[:1]))]
-    assert distributed.written_ids(store, output, "logprobs") == {ids[0]}
-    assert distributed.written_ids(store, output, "generate") == set()
+    assert set(distributed.read_results(store, output, "logprobs", set(ids))) == {ids[0]}
+    assert set(distributed.read_results(store, output, "generate", set(ids))) == set()
     found = distributed.read_results(store, output, "logprobs", set(ids))
     assert found == {ids[0]: {"row_id": ids[0], "total": -1.5, "n_tokens": 2}}
 
@@ -361,7 +361,7 @@ def test_parts_and_adapters_on_an_object_store(s3, tmp_path, monkeypatch):  # no
     ids = [r["row_id"] for r in scoring_rows([("c", " x")], "r")]
     batch = pa.Table.from_pylist([{"row_id": ids[0], "total": -2.0, "n_tokens": 1}], schema=distributed.SCORING_RESULT)
     distributed.commit_part(batch, s3.record(), output, "logprobs")
-    assert distributed.written_ids(s3, output, "logprobs") == set(ids)
+    assert set(distributed.read_results(s3, output, "logprobs", set(ids))) == set(ids)
     assert distributed.read_results(s3, output, "logprobs", set(ids))[ids[0]]["total"] == -2.0
 
     staging = tmp_path / "run-1"

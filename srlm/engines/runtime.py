@@ -19,13 +19,14 @@ from typing import Any, Iterator
 import torch
 import transformers
 
+from srlm.engines.tokenization import POSITION_KEYS
+
 # weight-loading progress bars would flood the run logs (one per model or adapter load)
 transformers.utils.logging.disable_progress_bar()
 
 # tokenizer.model_max_length above this is transformers' "no limit" placeholder (1e30), not a real length
 _SANE_TOKENIZER_MAX = 10_000_000
 _FALLBACK_MAX_LENGTH = 2048
-_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 _CAUSAL_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -220,7 +221,7 @@ def model_max_length(model, tokenizer) -> int:
     limits = []
     config = getattr(model, "config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in _POSITION_KEYS:
+    for key in POSITION_KEYS:
         value = getattr(text_config, key, None)
         if isinstance(value, int) and value > 0:
             limits.append(value)

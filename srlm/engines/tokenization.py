@@ -20,6 +20,9 @@ from typing import Any, Sequence
 
 from srlm.engines.types import Message, Prompt
 
+# a model config's context length, under the names model families give it
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
 # end-of-turn tokens that chat models declare besides (or instead of) eos; used as stop ids when present
 _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
 
